@@ -1,0 +1,68 @@
+/**
+ * Which backend runs the ops: 'cpu' (fast kernels, the default) or 'ref' (plain reference kernels,
+ * which also compute in float64). Tests switch with withBackend(); float64 tensors always use 'ref'.
+ */
+import type { DType } from './dtype.js';
+import { addon, BACKEND_ID, type BackendName, OP, type OpName } from './native.js';
+import { expectation, type Tensor } from './tensor.js';
+
+let current: BackendName = 'cpu';
+
+export function getBackend(): BackendName {
+  return current;
+}
+
+export function setBackend(name: BackendName): void {
+  if (!(name in BACKEND_ID)) throw new TypeError(expectation("'cpu' or 'ref'", 'backend', name));
+  current = name;
+}
+
+export function withBackend<T>(name: BackendName, fn: () => T): T {
+  const prev = current;
+  setBackend(name);
+  try {
+    return fn();
+  } finally {
+    current = prev;
+  }
+}
+
+/** Sets the size of the one native thread pool (OpenMP; shared with oneDNN). 0 = all cores. */
+export function setNumThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 0) throw new RangeError(expectation('a non-negative integer', 'threads', n));
+  addon.setNumThreads(n);
+}
+
+export function getNumThreads(): number {
+  return addon.getNumThreads();
+}
+
+function backendId(dtypes: DType[]): number {
+  return dtypes.includes('float64') ? BACKEND_ID.ref : BACKEND_ID[current];
+}
+
+/**
+ * Runs one native op on the current backend. Every tensor must be live; the error names the op and
+ * the argument.
+ */
+export function runOp(
+  op: OpName,
+  dir: 0 | 1,
+  names: readonly string[],
+  ins: readonly (Tensor | null)[],
+  outs: readonly (Tensor | null)[],
+  attrs: readonly number[] = [],
+): void {
+  const dtypes: DType[] = [];
+  const inH = ins.map((t, i) => {
+    if (t === null) return null;
+    dtypes.push(t.dtype);
+    return t._live(op, names[i] ?? `input ${i}`);
+  });
+  const outH = outs.map((t, i) => {
+    if (t === null) return null;
+    dtypes.push(t.dtype);
+    return t._live(op, `output ${i}`);
+  });
+  addon.run(OP[op], dir, backendId(dtypes), inH, outH, attrs as number[]);
+}

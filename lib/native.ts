@@ -1,0 +1,99 @@
+/**
+ * The only module that loads the native addon. It sets the OpenMP wait policy before the addon (and
+ * with it the OpenMP runtime) is loaded: a spinning pool stalls small machines (see NOTES.md).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeTensorHandle {
+  /** Zero-copy ArrayBuffer over the tensor's memory; it keeps the memory alive on its own. */
+  view(): ArrayBuffer;
+  /** A second handle to the same memory with another shape (same element count). */
+  share(shape: number[]): NativeTensorHandle;
+  dispose(): void;
+  readonly disposed: boolean;
+  readonly address: bigint | null;
+}
+
+export interface PlanSpec {
+  backend: number;
+  slots: { dtype: number; shape: number[] }[];
+  consts: NativeTensorHandle[];
+  inputs: number[];
+  outputs: number[];
+  steps: { op: number; dir: number; ins: number[]; outs: number[]; attrs: number[] }[];
+}
+
+export interface NativePlan {
+  runSync(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): void;
+  run(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): Promise<void>;
+  dispose(): void;
+  readonly arenaBytes: number;
+}
+
+export interface Addon {
+  NativeTensor: new (dtype: number, shape: number[], zeroFill?: boolean) => NativeTensorHandle;
+  Plan: new (spec: PlanSpec) => NativePlan;
+  run(op: number, dir: number, backend: number, inputs: (NativeTensorHandle | null)[],
+    outputs: (NativeTensorHandle | null)[], attrs: number[] | Float64Array): void;
+  runAsync(op: number, dir: number, backend: number, inputs: (NativeTensorHandle | null)[],
+    outputs: (NativeTensorHandle | null)[], attrs: number[] | Float64Array): Promise<void>;
+  opNames(): string[];
+  supports(backend: number, op: number, dir: number): boolean;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  memoryStats(): { live: number; peak: number; cached: number };
+  resetPeak(): void;
+  trimCache(): void;
+  buildInfo(): { cuda: boolean; openmp: number; procs: number };
+}
+
+/** The package root: the nearest folder above this file with metaformer's package.json. */
+export function packageRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = path.join(dir, 'package.json');
+    if (existsSync(pj)) {
+      try {
+        if ((JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'metaformer') return dir;
+      } catch {
+        // keep looking
+      }
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('metaformer: cannot find the package root');
+    dir = up;
+  }
+}
+
+function load(): Addon {
+  process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
+  const file = process.env.METAFORMER_ADDON ?? path.join(packageRoot(), 'build', 'Release', 'metaformer.node');
+  if (!existsSync(file)) {
+    throw new Error(
+      `metaformer: the native addon is not built (${file} is missing). ` +
+        'Run `npm run build:native` (it needs cmake, g++ and libdnnl-dev).',
+    );
+  }
+  const require = createRequire(import.meta.url);
+  return require(file) as Addon;
+}
+
+export const addon: Addon = load();
+
+export type OpName =
+  | 'linear' | 'conv2d' | 'dwconv2d' | 'layernorm' | 'starrelu' | 'attention' | 'random_mixing' | 'pool'
+  | 'scale_add' | 'mean_hw' | 'cross_entropy' | 'dropout' | 'axpy' | 'scale' | 'sumsq' | 'lerp' | 'fill'
+  | 'cast' | 'permute' | 'adamw' | 'lamb' | 'sgd';
+
+const names = addon.opNames();
+/** Op ids, from the addon's own list (native/core/ops.def). */
+export const OP: Readonly<Record<OpName, number>> = Object.fromEntries(names.map((n, i) => [n, i])) as Record<
+  OpName,
+  number
+>;
+
+export type BackendName = 'ref' | 'cpu';
+export const BACKEND_ID: Readonly<Record<BackendName, number>> = { ref: 0, cpu: 1 };

@@ -1,0 +1,361 @@
+/**
+ * Tensor: a shape, a dtype, a device and native-owned, 64-byte-aligned memory.
+ *
+ * Memory is freed by dispose() (at once) or, as a safety net, when the garbage collector collects the
+ * native handle. `tidy(fn)` disposes every tensor created inside fn except those it returns. Zero-copy
+ * views (`view()`) keep the memory alive on their own, so a view never points at freed memory.
+ */
+import { DTYPE_CODE, DTYPE_SIZE, type DType, isDType, numelOf } from './dtype.js';
+import { addon, type NativeTensorHandle, OP, BACKEND_ID } from './native.js';
+import type { Node } from './autograd/node.js';
+import { backward as runBackward, type BackwardOptions } from './autograd/engine.js';
+
+export type Device = 'cpu' | 'cuda';
+
+export type TypedArrayOf<D extends DType> = D extends 'float32'
+  ? Float32Array
+  : D extends 'float64'
+    ? Float64Array
+    : D extends 'int64'
+      ? BigInt64Array
+      : D extends 'int32'
+        ? Int32Array
+        : D extends 'int16'
+          ? Int16Array
+          : D extends 'int8'
+            ? Int8Array
+            : D extends 'float16' | 'bfloat16'
+              ? Uint16Array
+              : Uint8Array;
+
+export type AnyTypedArray =
+  | Float32Array | Float64Array | BigInt64Array | Int32Array | Int16Array | Int8Array | Uint16Array | Uint8Array;
+
+const MAX_DIMS = 8;
+
+// --- scopes ---------------------------------------------------------------------------------------
+
+const scopes: Set<Tensor>[] = [];
+
+/**
+ * Runs fn and disposes every tensor created during it, except the tensors found in its result
+ * (a Tensor, or arrays / plain objects / Maps holding tensors). Works with async functions too.
+ */
+export function tidy<T>(fn: () => T): T {
+  const scope = new Set<Tensor>();
+  scopes.push(scope);
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    scopes.splice(scopes.lastIndexOf(scope), 1);
+    for (const t of scope) t.dispose();
+    throw e;
+  }
+  const finish = (value: unknown): void => {
+    scopes.splice(scopes.lastIndexOf(scope), 1);
+    const kept = new Set<Tensor>();
+    collectTensors(value, kept, 0);
+    const parent = scopes[scopes.length - 1];
+    for (const t of scope) {
+      if (kept.has(t)) parent?.add(t);
+      else t.dispose();
+    }
+  };
+  if (result instanceof Promise) {
+    return result.then(
+      (v) => {
+        finish(v);
+        return v;
+      },
+      (e: unknown) => {
+        finish(undefined);
+        throw e;
+      },
+    ) as T;
+  }
+  finish(result);
+  return result;
+}
+
+/** Removes tensors from every open tidy scope, so they survive it. Returns its argument. */
+export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  return t;
+}
+
+function collectTensors(v: unknown, out: Set<Tensor>, depth: number): void {
+  if (depth > 8 || v === null || typeof v !== 'object') return;
+  if (v instanceof Tensor) {
+    out.add(v);
+    return;
+  }
+  if (Array.isArray(v)) for (const x of v) collectTensors(x, out, depth + 1);
+  else if (v instanceof Map) for (const x of v.values()) collectTensors(x, out, depth + 1);
+  else if (Object.getPrototypeOf(v) === Object.prototype) for (const x of Object.values(v)) collectTensors(x, out, depth + 1);
+}
+
+// Tensors collected by the GC without dispose(): counted, so leaks can be diagnosed (the native handle
+// frees the memory itself when it is collected).
+let leaked = 0;
+const leakRegistry = new FinalizationRegistry<number>(() => {
+  leaked += 1;
+});
+export function leakedTensorCount(): number {
+  return leaked;
+}
+
+// --- validation helpers ---------------------------------------------------------------------------
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v);
+  if (Array.isArray(v)) return `an array of length ${v.length}`;
+  if (v instanceof Tensor) return v.toString();
+  return (v as object).constructor?.name ?? typeof v;
+}
+
+/** The project's one error style: "Expected <what> for <name> but received <value>". */
+export function expectation(what: string, name: string, value: unknown): string {
+  return `Expected ${what} for ${name} but received ${describe(value)}`;
+}
+
+export function checkShape(shape: unknown, name = 'shape'): number[] {
+  if (!Array.isArray(shape)) throw new TypeError(expectation('an array of dimensions', name, shape));
+  if (shape.length > MAX_DIMS) throw new RangeError(expectation(`at most ${MAX_DIMS} dimensions`, name, shape));
+  for (const d of shape) {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
+      throw new RangeError(expectation('non-negative integer dimensions', name, `[${shape.join(', ')}]`));
+    }
+  }
+  return [...(shape as number[])];
+}
+
+function dtypeOfArray(a: AnyTypedArray): DType | null {
+  if (a instanceof Float32Array) return 'float32';
+  if (a instanceof Float64Array) return 'float64';
+  if (a instanceof BigInt64Array) return 'int64';
+  if (a instanceof Int32Array) return 'int32';
+  if (a instanceof Int16Array) return 'int16';
+  if (a instanceof Int8Array) return 'int8';
+  if (a instanceof Uint8Array) return 'uint8';
+  return null;
+}
+
+// --- Tensor ---------------------------------------------------------------------------------------
+
+export class Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  /** Whether gradients flow to this tensor. Set it on leaves; ops set it on their outputs. */
+  requiresGrad = false;
+  /** The accumulated gradient after backward(), for leaves that require grad. */
+  grad: Tensor | null = null;
+  /** @internal the autograd node that produced this tensor */
+  _node: Node | null = null;
+  /** @internal */
+  _h: NativeTensorHandle;
+
+  /** @internal use the static constructors */
+  constructor(handle: NativeTensorHandle, shape: readonly number[], dtype: DType, device: Device = 'cpu') {
+    this._h = handle;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.device = device;
+    scopes[scopes.length - 1]?.add(this);
+    leakRegistry.register(this, 0, this);
+  }
+
+  /** Uninitialised memory (fast); use zeros() when the contents matter. */
+  static empty(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+    const s = checkShape(shape as number[]);
+    if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, false), s, dtype);
+  }
+
+  static zeros(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+    const s = checkShape(shape as number[]);
+    if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, true), s, dtype);
+  }
+
+  static full(shape: readonly number[], value: number, dtype: DType = 'float32'): Tensor {
+    const t = Tensor.empty(shape, dtype);
+    if (dtype === 'float32' || dtype === 'float64') {
+      addon.run(OP.fill, 0, BACKEND_ID.ref, [], [t._h], [value]);
+    } else {
+      const v = t.view();
+      if (v instanceof BigInt64Array) v.fill(BigInt(value));
+      else (v as Float32Array).fill(value);
+    }
+    return t;
+  }
+
+  static ones(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+    return Tensor.full(shape, 1, dtype);
+  }
+
+  /**
+   * A tensor holding a copy of `data`. The dtype follows the array type (Float32Array -> float32,
+   * number[] -> float32, Int32Array -> int32, BigInt64Array -> int64, ...); Uint16Array needs an explicit
+   * 'float16' or 'bfloat16'. With an explicit dtype different from the array's, values are converted.
+   */
+  static from(data: AnyTypedArray | readonly number[], shape?: readonly number[], dtype?: DType): Tensor {
+    let src: AnyTypedArray;
+    if (Array.isArray(data)) {
+      for (let i = 0; i < data.length; ++i) {
+        if (typeof data[i] !== 'number') throw new TypeError(expectation('an array of numbers', 'data', data[i]));
+      }
+      src = Float32Array.from(data as number[]);
+    } else if (ArrayBuffer.isView(data)) {
+      src = data as AnyTypedArray;
+    } else {
+      throw new TypeError(expectation('a typed array or an array of numbers', 'data', data));
+    }
+    const s = shape === undefined ? [src.length] : checkShape(shape as number[]);
+    if (numelOf(s) !== src.length) {
+      throw new RangeError(expectation(`${numelOf(s)} elements for shape [${s.join(', ')}]`, 'data', `${src.length} elements`));
+    }
+    let srcType = dtypeOfArray(src);
+    if (src instanceof Uint16Array) {
+      if (dtype !== 'float16' && dtype !== 'bfloat16') {
+        throw new TypeError(expectation("dtype 'float16' or 'bfloat16' with a Uint16Array", 'dtype', dtype));
+      }
+      srcType = dtype;
+    }
+    if (srcType === null) throw new TypeError(expectation('a supported typed array', 'data', data));
+    const target = dtype ?? srcType;
+    if (!isDType(target)) throw new TypeError(expectation('a dtype', 'dtype', target));
+    const t = Tensor.empty(s, srcType);
+    new Uint8Array(t._h.view()).set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
+    if (target === srcType) return t;
+    const c = t.to(target);
+    t.dispose();
+    return c;
+  }
+
+  /** @internal wraps raw little-endian bytes */
+  static fromBytes(bytes: Uint8Array, shape: readonly number[], dtype: DType): Tensor {
+    const t = Tensor.empty(shape, dtype);
+    if (bytes.byteLength !== t.numel * DTYPE_SIZE[dtype]) {
+      t.dispose();
+      throw new RangeError(expectation(`${t.numel * DTYPE_SIZE[dtype]} bytes`, 'data', `${bytes.byteLength} bytes`));
+    }
+    new Uint8Array(t._h.view()).set(bytes);
+    return t;
+  }
+
+  get numel(): number {
+    return numelOf(this.shape as number[]);
+  }
+
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  get disposed(): boolean {
+    return this._h.disposed;
+  }
+
+  /** @internal throws if disposed */
+  _live(op: string, name: string): NativeTensorHandle {
+    if (this._h.disposed) throw new TypeError(`${op}: Expected a live tensor for ${name} but received a disposed tensor`);
+    return this._h;
+  }
+
+  /** A zero-copy typed-array view of the memory (CPU tensors). Do not use it after dispose(). */
+  view<D extends DType = DType>(): TypedArrayOf<D> {
+    const buf = this._live('view', 'this').view();
+    switch (this.dtype) {
+      case 'float32': return new Float32Array(buf) as TypedArrayOf<D>;
+      case 'float64': return new Float64Array(buf) as TypedArrayOf<D>;
+      case 'int64': return new BigInt64Array(buf) as TypedArrayOf<D>;
+      case 'int32': return new Int32Array(buf) as TypedArrayOf<D>;
+      case 'int16': return new Int16Array(buf) as TypedArrayOf<D>;
+      case 'int8': return new Int8Array(buf) as TypedArrayOf<D>;
+      case 'float16':
+      case 'bfloat16': return new Uint16Array(buf) as TypedArrayOf<D>;
+      default: return new Uint8Array(buf) as TypedArrayOf<D>;
+    }
+  }
+
+  /** A float32 copy of the values, converting from any dtype. */
+  toFloat32Array(): Float32Array {
+    this._live('toFloat32Array', 'this');
+    if (this.dtype === 'float32') return new Float32Array(this._h.view()).slice();
+    const c = this.to('float32');
+    const out = new Float32Array(c._h.view()).slice();
+    c.dispose();
+    return out;
+  }
+
+  /** A float64 copy of the values. */
+  toFloat64Array(): Float64Array {
+    this._live('toFloat64Array', 'this');
+    if (this.dtype === 'float64') return new Float64Array(this._h.view()).slice();
+    const c = this.to('float64');
+    const out = new Float64Array(c._h.view()).slice();
+    c.dispose();
+    return out;
+  }
+
+  /** The value of a one-element tensor. */
+  item(): number {
+    if (this.numel !== 1) throw new RangeError(expectation('a one-element tensor', 'item()', this));
+    return this.toFloat64Array()[0]!;
+  }
+
+  /** Raw bytes (a copy). */
+  toBytes(): Uint8Array {
+    return new Uint8Array(this._live('toBytes', 'this').view()).slice();
+  }
+
+  /** Converts to another dtype (always a new tensor), or to a device. */
+  to(target: DType | Device): Tensor {
+    if (target === 'cpu') return this.clone();
+    if (target === 'cuda') {
+      throw new Error("metaformer: this build has no CUDA backend (device 'cuda' is unavailable)");
+    }
+    if (!isDType(target)) throw new TypeError(expectation('a dtype or a device', 'to()', target));
+    const out = Tensor.empty(this.shape, target);
+    addon.run(OP.cast, 0, BACKEND_ID.ref, [this._live('to', 'this')], [out._h], []);
+    return out;
+  }
+
+  /** A copy with its own memory (not connected to autograd). */
+  clone(): Tensor {
+    const out = Tensor.empty(this.shape, this.dtype);
+    addon.run(OP.cast, 0, BACKEND_ID.ref, [this._live('clone', 'this')], [out._h], []);
+    return out;
+  }
+
+  /** @internal a second handle on the same memory, with its own reference */
+  _share(shape: readonly number[] = this.shape): Tensor {
+    const h = this._live('reshape', 'this').share([...shape]);
+    return new Tensor(h, shape, this.dtype, this.device);
+  }
+
+  /** A tensor detached from autograd sharing this memory. */
+  detach(): Tensor {
+    return this._share();
+  }
+
+  /** Backpropagates from this tensor (a scalar, or pass the gradient) into every leaf's .grad. */
+  backward(gradient?: Tensor, opts?: BackwardOptions): void {
+    runBackward(this, gradient, opts);
+  }
+
+  dispose(): void {
+    if (!this._h.disposed) {
+      this._h.dispose();
+      leakRegistry.unregister(this);
+    }
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}]${this._h.disposed ? ', disposed' : ''})`;
+  }
+}

@@ -1,0 +1,104 @@
+// addon.cpp: the N-API entry point. Per-environment state lives in AddonData (Napi::Addon instance
+// data), so the addon loads in worker_threads as well as on the main thread.
+#include <omp.h>
+
+#include "../core/memory.h"
+#include "../core/threading.h"
+#include "common.h"
+#include "plan.h"
+#include "tensor_wrap.h"
+
+namespace mf::binding {
+
+Napi::Value Run(const Napi::CallbackInfo& info);
+Napi::Value RunAsync(const Napi::CallbackInfo& info);
+Napi::Value OpNames(const Napi::CallbackInfo& info);
+Napi::Value Supports(const Napi::CallbackInfo& info);
+
+AddonData& addon_data(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }
+
+void throw_js(Napi::Env env, const mf::Error& e) {
+  switch (e.kind()) {
+    case ErrorKind::type: throw Napi::TypeError::New(env, e.what());
+    case ErrorKind::range: throw Napi::RangeError::New(env, e.what());
+    default: throw Napi::Error::New(env, e.what());
+  }
+}
+
+int64_t to_int(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("Expected ") + what + " but received a non-number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d == static_cast<double>(static_cast<int64_t>(d))))
+    throw Napi::TypeError::New(env, std::string("Expected ") + what + " (an integer) but received " + std::to_string(d));
+  return static_cast<int64_t>(d);
+}
+
+const Backend& backend_by_id(Napi::Env env, int64_t id) {
+  if (id == 0) return ref_backend();
+  if (id == 1) return cpu_backend();
+  throw Napi::RangeError::New(env, "Expected a backend id (0: ref, 1: cpu) but received " + std::to_string(id));
+}
+
+static Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  int64_t n = to_int(info.Env(), info[0], "a thread count");
+  set_num_threads(static_cast<int>(n));
+  return info.Env().Undefined();
+}
+
+static Napi::Value GetNumThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), num_threads()); }
+
+static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("live", Napi::Number::New(env, static_cast<double>(live_bytes())));
+  o.Set("peak", Napi::Number::New(env, static_cast<double>(peak_bytes())));
+  o.Set("cached", Napi::Number::New(env, static_cast<double>(cached_bytes())));
+  return o;
+}
+
+static Napi::Value ResetPeak(const Napi::CallbackInfo& info) {
+  reset_peak();
+  return info.Env().Undefined();
+}
+
+static Napi::Value TrimCache(const Napi::CallbackInfo& info) {
+  trim_cache();
+  return info.Env().Undefined();
+}
+
+static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cuda", Napi::Boolean::New(env, false));
+  o.Set("openmp", Napi::Number::New(env, _OPENMP));
+  o.Set("procs", Napi::Number::New(env, omp_get_num_procs()));
+  return o;
+}
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData>(data);
+  Napi::Function tensor = NativeTensor::Define(env);
+  data->tensor_ctor = Napi::Persistent(tensor);
+  Napi::Function plan = Plan::Define(env);
+  data->plan_ctor = Napi::Persistent(plan);
+  exports.Set("NativeTensor", tensor);
+  exports.Set("Plan", plan);
+  exports.Set("run", Napi::Function::New(env, Run, "run"));
+  exports.Set("runAsync", Napi::Function::New(env, RunAsync, "runAsync"));
+  exports.Set("opNames", Napi::Function::New(env, OpNames, "opNames"));
+  exports.Set("supports", Napi::Function::New(env, Supports, "supports"));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
+  exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
+  exports.Set("memoryStats", Napi::Function::New(env, MemoryStats, "memoryStats"));
+  exports.Set("resetPeak", Napi::Function::New(env, ResetPeak, "resetPeak"));
+  exports.Set("trimCache", Napi::Function::New(env, TrimCache, "trimCache"));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
+  return exports;
+}
+
+}  // namespace mf::binding
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return mf::binding::Init(env, exports); }
+
+NODE_API_MODULE(metaformer, InitAddon)

@@ -1,0 +1,63 @@
+// plan.h: a precompiled forward pass. lib/ compiles a model into a list of steps over numbered slots;
+// the Plan validates every step once, lays the activation slots out in one arena by liveness, and then
+// runs the whole list natively (synchronously or on a worker thread) with no JS per layer.
+//
+// Spec (from JS):
+//   { backend, slots: [{dtype, shape}], consts: [NativeTensor], inputs: [slot], outputs: [slot],
+//     steps: [{op, dir, ins: [ref], outs: [ref], attrs: [number]}] }
+//   ref >= 0: a slot;  ref == -1: absent;  ref <= -2: consts[-2 - ref]
+// Input and output slots are bound to the caller's tensors at run time (no copies); the others live in
+// the arena, which is allocated once per plan and reused by every run.
+#pragma once
+#include <napi.h>
+
+#include <vector>
+
+#include "../core/backend.h"
+#include "../core/memory.h"
+
+namespace mf::binding {
+
+struct PlanArg {
+  int kind;        // 0 absent, 1 arena slot, 2 const, 3 bound input/output
+  int64_t index;   // arena byte offset, const index, or bound position
+  TensorView meta; // dtype and shape (data unset)
+};
+
+struct PlanStep {
+  OpId op;
+  Dir dir;
+  std::vector<PlanArg> ins, outs;
+  double attr[kMaxAttr];
+  int n_attr;
+};
+
+struct PlanData {
+  const Backend* be = nullptr;
+  std::vector<PlanStep> steps;
+  std::vector<Storage*> consts;
+  std::vector<TensorView> bound_meta;  // inputs then outputs
+  size_t n_inputs = 0;
+  size_t arena_bytes = 0;
+  Storage* arena = nullptr;
+  ~PlanData();
+  // Runs every step; bound[i] are the data pointers of inputs then outputs. Caller holds the compute lock.
+  void execute(const std::vector<void*>& bound);
+};
+
+class Plan : public Napi::ObjectWrap<Plan> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Plan(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value RunSync(const Napi::CallbackInfo& info);
+  Napi::Value Run(const Napi::CallbackInfo& info);
+  Napi::Value ArenaBytes(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  std::vector<void*> bind(const Napi::CallbackInfo& info, std::vector<Storage*>* holds);
+
+  std::shared_ptr<PlanData> data_;
+};
+
+}  // namespace mf::binding

@@ -1,0 +1,162 @@
+// tensor_wrap.cpp: NativeTensor (see tensor_wrap.h).
+//   new NativeTensor(dtypeCode, shape[], zeroFill)   allocates
+//   t.view() -> ArrayBuffer (zero-copy, holds a reference)   t.share(shape[]) -> NativeTensor (same memory)
+//   t.dispose()   t.disposed   t.address (for alignment checks)
+#include "tensor_wrap.h"
+
+#include <cstring>
+#include <string>
+
+#include "common.h"
+
+namespace mf::binding {
+
+namespace {
+struct Adopt {  // passed as an External to the constructor to wrap an existing storage reference
+  Storage* storage;
+  DType dtype;
+  int ndim;
+  const int64_t* shape;
+};
+}  // namespace
+
+Napi::Function NativeTensor::Define(Napi::Env env) {
+  return DefineClass(env, "NativeTensor",
+                     {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Share>("share"),
+                      InstanceMethod<&NativeTensor::Dispose>("dispose"),
+                      InstanceAccessor<&NativeTensor::Disposed>("disposed"),
+                      InstanceAccessor<&NativeTensor::Address>("address")});
+}
+
+static void read_shape(Napi::Env env, const Napi::Value& v, int& ndim, int64_t* shape, int64_t& numel) {
+  if (!v.IsArray()) throw Napi::TypeError::New(env, "Expected an array of dimensions for shape");
+  Napi::Array a = v.As<Napi::Array>();
+  if (a.Length() > static_cast<uint32_t>(kMaxDims))
+    throw Napi::RangeError::New(env, "Expected at most " + std::to_string(kMaxDims) + " dimensions for shape but received " +
+                                         std::to_string(a.Length()));
+  ndim = static_cast<int>(a.Length());
+  numel = 1;
+  for (int i = 0; i < ndim; ++i) {
+    int64_t d = to_int(env, a.Get(i), "a shape dimension");
+    if (d < 0) throw Napi::RangeError::New(env, "Expected non-negative dimensions for shape but received " + std::to_string(d));
+    shape[i] = d;
+    if (d != 0 && numel > (int64_t(1) << 40) / d)
+      throw Napi::RangeError::New(env, "Expected a tensor of at most 2^40 elements for shape");
+    numel *= d;
+  }
+}
+
+NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() == 1 && info[0].IsExternal()) {
+    Adopt* ad = info[0].As<Napi::External<Adopt>>().Data();
+    storage_ = ad->storage;
+    dtype_ = ad->dtype;
+    ndim_ = ad->ndim;
+    std::memcpy(shape_, ad->shape, sizeof(int64_t) * static_cast<size_t>(ndim_));
+    return;
+  }
+  int64_t code = to_int(env, info[0], "a dtype code");
+  if (code < 0 || code >= kNumDTypes) throw Napi::TypeError::New(env, "Expected a dtype code but received " + std::to_string(code));
+  dtype_ = static_cast<DType>(code);
+  int64_t numel = 0;
+  read_shape(env, info[1], ndim_, shape_, numel);
+  bool zero = info.Length() > 2 && info[2].ToBoolean();
+  size_t bytes = static_cast<size_t>(numel) * dtype_size(dtype_);
+  guarded(env, [&] {
+    storage_ = storage_new(bytes);
+    return 0;
+  });
+  if (zero) std::memset(storage_->ptr, 0, bytes);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+}
+
+NativeTensor::~NativeTensor() {
+  if (storage_) {
+    Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(storage_->bytes));
+    storage_release(storage_);
+    storage_ = nullptr;
+  }
+}
+
+void NativeTensor::release(Napi::Env env) {
+  if (!storage_) return;
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(storage_->bytes));
+  storage_release(storage_);
+  storage_ = nullptr;
+}
+
+Napi::Object NativeTensor::make(Napi::Env env, Storage* s, DType dtype, const int64_t* shape, int ndim) {
+  Adopt ad{s, dtype, ndim, shape};
+  storage_retain(s);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(s->bytes));
+  return addon_data(env).tensor_ctor.New({Napi::External<Adopt>::New(env, &ad)});
+}
+
+TensorView NativeTensor::view_of(Napi::Env env, const char* op, const std::string& role) const {
+  if (!storage_)
+    throw Napi::TypeError::New(env, std::string(op) + ": expected a live tensor for " + role +
+                                        " but received a disposed tensor");
+  TensorView v;
+  v.data = storage_->ptr;
+  v.dtype = dtype_;
+  v.ndim = ndim_;
+  std::memcpy(v.shape, shape_, sizeof(int64_t) * static_cast<size_t>(ndim_));
+  return v;
+}
+
+NativeTensor* NativeTensor::from(Napi::Env env, const Napi::Value& v, const char* op, const std::string& role,
+                                 bool allow_null) {
+  if (v.IsNull() || v.IsUndefined()) {
+    if (allow_null) return nullptr;
+    throw Napi::TypeError::New(env, std::string(op) + ": expected a tensor for " + role + " but received null");
+  }
+  if (v.IsObject()) {
+    Napi::Object o = v.As<Napi::Object>();
+    if (o.InstanceOf(addon_data(env).tensor_ctor.Value())) return NativeTensor::Unwrap(o);
+  }
+  throw Napi::TypeError::New(env, std::string(op) + ": expected a tensor for " + role + " but received " +
+                                      v.ToString().Utf8Value().substr(0, 60));
+}
+
+static void release_view(Napi::Env env, void*, Storage* s) {
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(s->bytes));
+  storage_release(s);
+}
+
+Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorView v = view_of(env, "view", "this");
+  storage_retain(storage_);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(storage_->bytes));
+  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
+  return Napi::ArrayBuffer::New(env, storage_->ptr, bytes, release_view, storage_);
+}
+
+Napi::Value NativeTensor::Share(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorView v = view_of(env, "reshape", "this");
+  int nd = 0;
+  int64_t shape[kMaxDims], numel = 0;
+  read_shape(env, info[0], nd, shape, numel);
+  if (numel != v.numel())
+    throw Napi::RangeError::New(env, "reshape: expected a shape with " + std::to_string(v.numel()) +
+                                         " elements for shape but received " + std::to_string(numel));
+  return make(env, storage_, dtype_, shape, nd);
+}
+
+Napi::Value NativeTensor::Dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value NativeTensor::Disposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), storage_ == nullptr);
+}
+
+Napi::Value NativeTensor::Address(const Napi::CallbackInfo& info) {
+  if (!storage_) return info.Env().Null();
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(reinterpret_cast<uintptr_t>(storage_->ptr)));
+}
+
+}  // namespace mf::binding

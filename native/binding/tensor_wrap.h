@@ -1,0 +1,40 @@
+// tensor_wrap.h: NativeTensor, the JS handle of one reference to a Storage plus a dtype and shape.
+// lib/tensor.ts wraps it. dispose() drops the reference at once; views made with view() hold their own
+// reference, so a view never points at freed memory.
+#pragma once
+#include <napi.h>
+
+#include "../core/memory.h"
+#include "../core/tensor.h"
+
+namespace mf::binding {
+
+class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit NativeTensor(const Napi::CallbackInfo& info);
+  ~NativeTensor() override;
+
+  // The TensorView of this handle; throws a JS TypeError naming `op` and `role` if disposed.
+  TensorView view_of(Napi::Env env, const char* op, const std::string& role) const;
+  Storage* storage() const { return storage_; }
+  // Unwraps a JS value that must be a NativeTensor (null/undefined -> nullptr when allowed).
+  static NativeTensor* from(Napi::Env env, const Napi::Value& v, const char* op, const std::string& role,
+                            bool allow_null);
+  static Napi::Object make(Napi::Env env, Storage* s, DType dtype, const int64_t* shape, int ndim);
+
+ private:
+  Napi::Value View(const Napi::CallbackInfo& info);
+  Napi::Value Share(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Disposed(const Napi::CallbackInfo& info);
+  Napi::Value Address(const Napi::CallbackInfo& info);
+  void release(Napi::Env env);
+
+  Storage* storage_ = nullptr;
+  DType dtype_ = DType::f32;
+  int ndim_ = 0;
+  int64_t shape_[kMaxDims] = {0};
+};
+
+}  // namespace mf::binding

@@ -1,0 +1,78 @@
+// backend.h: the backend function table. Every backend (ref, cpu, cuda) fills one Backend with a forward
+// and a backward kernel per op in ops.def; a null entry means "not supported" and supports_op() says so.
+//
+// Gradient rule, for every backward kernel in every backend:
+//   * gradients of parameters (weights, biases, scales, StarReLU scalars) ACCUMULATE: dw += ...
+//   * gradients of activations (dx, dr, dqkv, dlogits) are WRITTEN: dx = ...
+// The autograd engine sums activation gradients where the graph branches (the residual stream).
+//
+// Kernels may assume the arguments passed core/ops.cpp's checks (shapes, dtypes, presence).
+#pragma once
+#include <cstdint>
+
+#include "tensor.h"
+
+namespace mf {
+
+enum class OpId : int32_t {
+#define MF_OP(name) name,
+#include "ops.def"
+#undef MF_OP
+  count_
+};
+constexpr int kNumOps = static_cast<int>(OpId::count_);
+const char* op_name(OpId op);
+
+enum class Dir : int32_t { forward = 0, backward = 1 };
+
+constexpr int kMaxIn = 8;
+constexpr int kMaxOut = 8;
+constexpr int kMaxAttr = 16;
+
+struct OpArgs {
+  TensorView in[kMaxIn];
+  TensorView out[kMaxOut];
+  double attr[kMaxAttr] = {0};
+  int n_in = 0, n_out = 0, n_attr = 0;
+};
+
+using Kernel = void (*)(const OpArgs&);
+
+struct Backend {
+  const char* name;
+  bool supports_f64;  // the reference backend also computes in float64 (finite-difference checks)
+  Kernel fwd[kNumOps];
+  Kernel bwd[kNumOps];
+};
+
+// The registered backends. ref is always present; cpu is the fast CPU backend; cuda exists when built.
+const Backend& ref_backend();
+const Backend& cpu_backend();
+
+bool supports_op(const Backend& be, OpId op, Dir dir);
+
+// Validates the arguments (throws mf::Error naming the op) and runs the kernel.
+void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args);
+
+// Validation only (also used by the plan compiler).
+void check_op(OpId op, Dir dir, const OpArgs& args);
+
+}  // namespace mf
+
+namespace mf {
+
+// Static registration: each kernel file registers its kernels, so adding an op touches no central file.
+//   MF_REGISTER(ref, linear, linear_fwd, linear_bwd);   (either kernel may be nullptr)
+//   MF_INHERIT(cpu, fill);   the cpu backend uses the reference kernels for this op, on purpose
+struct Registrar {
+  Registrar(const char* backend, OpId op, Kernel fwd, Kernel bwd);
+};
+struct Inheritor {
+  Inheritor(const char* backend, OpId op);
+};
+
+}  // namespace mf
+
+#define MF_REGISTER(backend, op, fwd, bwd) \
+  static ::mf::Registrar mf_registrar_##backend##_##op(#backend, ::mf::OpId::op, fwd, bwd)
+#define MF_INHERIT(backend, op) static ::mf::Inheritor mf_inheritor_##backend##_##op(#backend, ::mf::OpId::op)
