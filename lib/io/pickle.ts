@@ -87,7 +87,8 @@ function isKey(v: PyValue): v is PyKey {
   return v === null || ['string', 'number', 'bigint', 'boolean'].includes(typeof v);
 }
 
-function typeName(v: PyValue): string {
+/** Python-style type name of a value, for error messages. */
+export function pyTypeName(v: PyValue): string {
   if (v === null) return 'None';
   if (Array.isArray(v)) return 'list';
   if (v instanceof Map) return 'dict';
@@ -185,8 +186,8 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): { value: PyVa
     return new PyGlobal(module, name);
   };
   const call = (fn: PyValue, args: PyValue): PyValue => {
-    if (!(fn instanceof PyGlobal)) return fail(`expected a global to call but found ${typeName(fn)}`);
-    if (!(args instanceof PyTuple)) return fail(`expected an argument tuple but found ${typeName(args)}`);
+    if (!(fn instanceof PyGlobal)) return fail(`expected a global to call but found ${pyTypeName(fn)}`);
+    if (!(args instanceof PyTuple)) return fail(`expected an argument tuple but found ${pyTypeName(args)}`);
     if (fn.module === 'collections' && fn.name === 'OrderedDict') {
       const dict = new Map<PyKey, PyValue>();
       if (args.items.length === 0) return dict;
@@ -203,16 +204,16 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): { value: PyVa
     return new PyObject(fn, args.items);
   };
   const setItems = (dict: PyValue, items: PyValue[]): void => {
-    if (!(dict instanceof Map)) return fail(`expected a dict to set items on but found ${typeName(dict)}`);
+    if (!(dict instanceof Map)) return fail(`expected a dict to set items on but found ${pyTypeName(dict)}`);
     if (items.length % 2) fail('expected key/value pairs but found an odd number of items');
     for (let i = 0; i < items.length; i += 2) {
       const k = items[i];
-      if (!isKey(k)) fail(`expected a str, int, bool or None dict key but found ${typeName(k)}`);
+      if (!isKey(k)) fail(`expected a str, int, bool or None dict key but found ${pyTypeName(k)}`);
       dict.set(k as PyKey, items[i + 1]);
     }
   };
   const appendItems = (list: PyValue, items: PyValue[]): void => {
-    if (!Array.isArray(list)) return fail(`expected a list to append to but found ${typeName(list)}`);
+    if (!Array.isArray(list)) return fail(`expected a list to append to but found ${pyTypeName(list)}`);
     for (const item of items) list.push(item);
   };
 
@@ -298,7 +299,7 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): { value: PyVa
         const state = pop();
         const obj = top();
         if (obj instanceof PyObject) obj.state = state;
-        else if (!(obj instanceof Map)) fail(`expected BUILD on a dict or object but found ${typeName(obj)}`);
+        else if (!(obj instanceof Map)) fail(`expected BUILD on a dict or object but found ${pyTypeName(obj)}`);
         // On an OrderedDict the state is its attributes (torch's `_metadata`): accepted and ignored.
         break;
       }
@@ -423,7 +424,7 @@ export function pickleDump(value: PyValue): Uint8Array {
       write(v.value);
       out.byte(0x51); // BINPERSID
     } else {
-      throw new Error(`pickle writer: cannot serialize ${typeName(v)} in protocol 2`);
+      throw new Error(`pickle writer: cannot serialize ${pyTypeName(v)} in protocol 2`);
     }
   };
   out.byte(0x80, 2);

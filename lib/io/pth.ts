@@ -20,7 +20,7 @@ import { DTYPE_SIZE, numelOf, type DType, type RawTensor } from '../dtype.js';
 import { writeFileAtomic } from './atomic.js';
 import { allocChecked, checkRawTensor, defaultAlloc, preview, readFullyAt, writeAll, type Alloc } from './fileio.js';
 import {
-  PickleError, PyExternal, PyGlobal, PyObject, PyPersistentId, PyTuple, pickleDump, unpickle,
+  PickleError, PyExternal, PyGlobal, PyObject, PyPersistentId, PyTuple, pickleDump, pyTypeName, unpickle,
   type PyKey, type PyValue,
 } from './pickle.js';
 import { ZipReader, ZipWriter } from './zip.js';
@@ -80,13 +80,7 @@ function isNat(v: PyValue): v is number {
 }
 
 function describe(v: PyValue): string {
-  if (v instanceof Map) return 'a dict';
-  if (Array.isArray(v)) return 'a list';
-  if (v instanceof PyTuple) return `a tuple of ${v.items.length}`;
-  if (v instanceof PyObject) return `a call of ${v.fn.qualname}`;
-  if (v instanceof PyGlobal) return v.qualname;
-  if (v instanceof PyExternal || v instanceof Uint8Array) return 'an object';
-  return preview(v);
+  return v !== null && typeof v === 'object' ? pyTypeName(v) : preview(v);
 }
 
 /** Persistent-id resolver: ('storage', <torch.XStorage>, key, location, numel[, view_metadata]). */

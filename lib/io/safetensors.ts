@@ -138,8 +138,8 @@ function* headerPlan(file: string, fileSize: number): ReadPlan<SafetensorsHeader
   }
   const len = Number(n);
   if (8 + len > fileSize) {
-    throw new Error(`${file}: expected a header of ${len} bytes but the file has only ${fileSize - 8} after the ` +
-      `length field`);
+    throw new Error(`${file}: expected a header of ${len} bytes but the file has only ${fileSize - 8} bytes after ` +
+      `the length field`);
   }
   const headerBytes = new Uint8Array(len);
   yield { buf: headerBytes, position: 8 };

@@ -108,7 +108,6 @@ class Cursor {
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
-const latin1 = new TextDecoder('latin1');
 
 function checkName(file: string, name: string): void {
   const parts = name.split(/[/\\]/);
@@ -226,7 +225,7 @@ export class ZipReader {
       c.pos += commentLen;
       let name: string;
       try {
-        name = flags & 0x800 ? utf8.decode(rawName) : latin1.decode(rawName);
+        name = utf8.decode(rawName); // flag bit 11 marks UTF-8; other encodings (CP437) are not accepted
       } catch {
         throw new Error(`${file}: expected a UTF-8 entry name at offset ${at} but found invalid UTF-8`);
       }
