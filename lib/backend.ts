@@ -5,6 +5,7 @@
 import type { DType } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, OP, type OpName } from './native.js';
 import { expectation, type Tensor } from './tensor.js';
+import { activeTrace } from './trace.js';
 
 let current: BackendName = 'cpu';
 
@@ -53,6 +54,11 @@ export function runOp(
   outs: readonly (Tensor | null)[],
   attrs: readonly number[] = [],
 ): void {
+  const trace = activeTrace();
+  if (trace) {
+    trace.steps.push({ op, dir, ins: [...ins], outs: [...outs], attrs: [...attrs] });
+    return;
+  }
   const dtypes: DType[] = [];
   const inH = ins.map((t, i) => {
     if (t === null) return null;

@@ -8,6 +8,7 @@
 import { DTYPE_CODE, DTYPE_SIZE, type DType, isDType, numelOf } from './dtype.js';
 import { addon, type NativeTensorHandle, OP, BACKEND_ID } from './native.js';
 import type { Node } from './autograd/node.js';
+import { activeTrace } from './trace.js';
 import { backward as runBackward, type BackwardOptions } from './autograd/engine.js';
 
 export type Device = 'cpu' | 'cuda';
@@ -173,12 +174,24 @@ export class Tensor {
   static empty(shape: readonly number[], dtype: DType = 'float32'): Tensor {
     const s = checkShape(shape as number[]);
     if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    const trace = activeTrace();
+    if (trace) {  // a traced tensor: a shape without memory
+      const t = new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], [0], false), s, dtype);
+      trace.created.add(t);
+      return t;
+    }
     return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, false), s, dtype);
   }
 
   static zeros(shape: readonly number[], dtype: DType = 'float32'): Tensor {
     const s = checkShape(shape as number[]);
     if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    const trace = activeTrace();
+    if (trace) {
+      const t = Tensor.empty(s, dtype);
+      trace.steps.push({ op: 'fill', dir: 0, ins: [], outs: [t], attrs: [0] });
+      return t;
+    }
     return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, true), s, dtype);
   }
 
@@ -334,6 +347,12 @@ export class Tensor {
 
   /** @internal a second handle on the same memory, with its own reference */
   _share(shape: readonly number[] = this.shape): Tensor {
+    const trace = activeTrace();
+    if (trace && trace.created.has(this)) {
+      const t = Tensor.empty(shape, this.dtype);
+      trace.aliases.set(t, this);
+      return t;
+    }
     const h = this._live('reshape', 'this').share([...shape]);
     return new Tensor(h, shape, this.dtype, this.device);
   }

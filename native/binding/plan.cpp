@@ -92,7 +92,23 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
   Napi::Array slots = get_array(env, spec, "slots");
   size_t n_slots = slots.Length();
   std::vector<TensorView> slot_meta(n_slots);
-  for (size_t i = 0; i < n_slots; ++i) slot_meta[i] = meta_of(env, slots.Get(static_cast<uint32_t>(i)).As<Napi::Object>());
+  // root[s]: the slot whose memory s uses (s itself, or the base of a reshape alias).
+  std::vector<size_t> root(n_slots);
+  for (size_t i = 0; i < n_slots; ++i) {
+    Napi::Object so = slots.Get(static_cast<uint32_t>(i)).As<Napi::Object>();
+    slot_meta[i] = meta_of(env, so);
+    root[i] = i;
+    Napi::Value alias = so.Get("alias");
+    if (!alias.IsUndefined() && !alias.IsNull()) {
+      int64_t b = to_int(env, alias, "an alias slot");
+      if (b < 0 || static_cast<size_t>(b) >= i) throw Napi::RangeError::New(env, "Plan: an alias must name an earlier slot");
+      root[i] = root[static_cast<size_t>(b)];
+      const TensorView& bm = slot_meta[root[i]];
+      if (bm.numel() * static_cast<int64_t>(dtype_size(bm.dtype)) !=
+          slot_meta[i].numel() * static_cast<int64_t>(dtype_size(slot_meta[i].dtype)))
+        throw Napi::RangeError::New(env, "Plan: an alias must have its base's size");
+    }
+  }
 
   // Bound slots: inputs then outputs.
   std::vector<int64_t> bound_pos(n_slots, -1);
@@ -100,6 +116,7 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
   auto bind_slot = [&](Napi::Value v) {
     int64_t s = to_int(env, v, "a slot id");
     if (s < 0 || static_cast<size_t>(s) >= n_slots) throw Napi::RangeError::New(env, "Plan: bad input/output slot");
+    if (root[static_cast<size_t>(s)] != static_cast<size_t>(s)) throw Napi::RangeError::New(env, "Plan: inputs and outputs must not be aliases");
     if (bound_pos[static_cast<size_t>(s)] < 0) {
       bound_pos[static_cast<size_t>(s)] = static_cast<int64_t>(d->bound_meta.size());
     }
@@ -130,8 +147,8 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
         PlanArg pa{0, 0, TensorView{}};
         if (r >= 0) {
           if (static_cast<size_t>(r) >= n_slots) throw Napi::RangeError::New(env, "Plan: slot out of range");
-          size_t s = static_cast<size_t>(r);
-          pa.meta = slot_meta[s];
+          pa.meta = slot_meta[static_cast<size_t>(r)];
+          size_t s = root[static_cast<size_t>(r)];
           if (bound_pos[s] >= 0) {
             pa.kind = 3;
             pa.index = bound_pos[s];

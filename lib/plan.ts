@@ -1,0 +1,166 @@
+/**
+ * Precompiled inference: traces a forward function once per input shape (lib/trace.ts), turns the op
+ * sequence into a native Plan (slots laid out in one arena by liveness, weights referenced in place),
+ * and runs it natively: `run()` on a worker thread (a Promise; the event loop stays free), `runSync()`
+ * inline. No JS runs per layer.
+ */
+import { DTYPE_CODE } from './dtype.js';
+import { addon, BACKEND_ID, type BackendName, type NativePlan, OP, type OpName, type PlanSpec } from './native.js';
+import { noGrad } from './autograd/node.js';
+import { expectation, Tensor } from './tensor.js';
+import { traced } from './trace.js';
+
+/** Outputs an op may leave absent (statistics that only backward needs). */
+const OPTIONAL_OUTPUTS: Partial<Record<OpName, number[]>> = { layernorm: [1, 2], attention: [1] };
+
+export interface CompiledPlan {
+  readonly inputShape: readonly number[];
+  readonly outputShapes: readonly (readonly number[])[];
+  readonly arenaBytes: number;
+  readonly steps: number;
+  run(input: Tensor): Promise<Tensor[]>;
+  runSync(input: Tensor): Tensor[];
+  dispose(): void;
+}
+
+/**
+ * Compiles fn (a forward pass without autograd, returning one tensor or an array of tensors) for
+ * inputs of `inputShape`.
+ */
+export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: readonly number[],
+  backend: BackendName = 'cpu'): CompiledPlan {
+  const { trace, result, input } = noGrad(() => {
+    let inp: Tensor | null = null;
+    const r = traced(() => {
+      inp = Tensor.empty(inputShape, 'float32');
+      return fn(inp);
+    });
+    return { ...r, input: inp! };
+  });
+  const outputs = Array.isArray(result) ? result : [result];
+  try {
+    return build(trace, input, outputs, backend);
+  } finally {
+    for (const t of trace.created) t.dispose();
+  }
+}
+
+function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs: Tensor[], backend: BackendName): CompiledPlan {
+  const slotOf = new Map<Tensor, number>();
+  const slots: PlanSpec['slots'] = [];
+  const consts: Tensor[] = [];
+  const constOf = new Map<Tensor, number>();
+  const produced = new Set<Tensor>([input]);
+  for (const s of trace.steps) for (const t of s.outs) if (t) produced.add(t);
+
+  const rootOf = (t: Tensor): Tensor => {
+    let r = t;
+    while (trace.aliases.has(r)) r = trace.aliases.get(r)!;
+    return r;
+  };
+  const slot = (t: Tensor): number => {
+    let id = slotOf.get(t);
+    if (id !== undefined) return id;
+    const base = trace.aliases.get(t);
+    const alias = base ? slot(base) : undefined;
+    id = slots.length;
+    slots.push({ dtype: DTYPE_CODE[t.dtype], shape: [...t.shape], ...(alias !== undefined ? { alias } : {}) } as PlanSpec['slots'][number]);
+    slotOf.set(t, id);
+    return id;
+  };
+  const ref = (t: Tensor | null): number => {
+    if (t === null) return -1;
+    if (trace.created.has(t)) {
+      if (!produced.has(rootOf(t))) throw new Error('compilePlan: a tensor is read before any op writes it');
+      return slot(t);
+    }
+    let c = constOf.get(t);
+    if (c === undefined) {
+      if (t.disposed) throw new TypeError(`compilePlan: ${expectation('live weights', 'the model', 'a disposed tensor')}`);
+      c = consts.length;
+      consts.push(t);
+      constOf.set(t, c);
+    }
+    return -2 - c;
+  };
+
+  // Outputs leave through their root slot; the JS side restores the final shape.
+  const outRoots = outputs.map((o) => {
+    if (!trace.created.has(o)) throw new Error('compilePlan: an output must be computed by the traced function');
+    return rootOf(o);
+  });
+  const readLater = new Set<Tensor>(outRoots);
+  const steps: PlanSpec['steps'] = [];
+  for (let i = trace.steps.length - 1; i >= 0; --i) {  // backwards, to drop outputs nobody reads
+    const s = trace.steps[i]!;
+    const optional = OPTIONAL_OUTPUTS[s.op] ?? [];
+    const outs = s.outs.map((t, k) => (t && optional.includes(k) && !readLater.has(rootOf(t)) ? null : t));
+    for (const t of s.ins) if (t) readLater.add(rootOf(t));
+    steps.push({ op: OP[s.op], dir: s.dir, ins: s.ins.map(ref), outs: outs.map(ref), attrs: s.attrs });
+  }
+  steps.reverse();
+  // The refs above were numbered in reverse order; that only changes slot numbering, not meaning.
+  const inputSlot = slot(input);
+  const outputSlots = outRoots.map(slot);
+  const spec: PlanSpec = {
+    backend: BACKEND_ID[backend],
+    slots,
+    consts: consts.map((t) => t._h),
+    inputs: [inputSlot],
+    outputs: outputSlots,
+    steps,
+  };
+  const plan: NativePlan = new addon.Plan(spec);
+  const inputShape = [...input.shape];
+  const rootShapes = outRoots.map((r) => [...r.shape]);
+  const finalShapes = outputs.map((o) => [...o.shape]);
+
+  const checkInput = (x: Tensor): void => {
+    if (!(x instanceof Tensor)) throw new TypeError(expectation('a Tensor', 'input', x));
+    if (x.dtype !== 'float32' || x.shape.length !== inputShape.length || x.shape.some((d, i) => d !== inputShape[i])) {
+      throw new RangeError(expectation(`a float32 tensor of shape [${inputShape.join(', ')}]`, 'input', x));
+    }
+    x._live('predict', 'input');
+  };
+  const allocOutputs = (): Tensor[] => rootShapes.map((s) => Tensor.empty(s, 'float32'));
+  const finish = (outs: Tensor[]): Tensor[] =>
+    outs.map((o, i) => {
+      const shape = finalShapes[i]!;
+      if (shape.join(',') === o.shape.join(',')) return o;
+      const r = o._share(shape);
+      o.dispose();
+      return r;
+    });
+
+  return {
+    inputShape,
+    outputShapes: finalShapes,
+    arenaBytes: plan.arenaBytes,
+    steps: steps.length,
+    async run(x: Tensor): Promise<Tensor[]> {
+      checkInput(x);
+      const outs = allocOutputs();
+      try {
+        await plan.run([x._h], outs.map((o) => o._h));
+      } catch (e) {
+        for (const o of outs) o.dispose();
+        throw e;
+      }
+      return finish(outs);
+    },
+    runSync(x: Tensor): Tensor[] {
+      checkInput(x);
+      const outs = allocOutputs();
+      try {
+        plan.runSync([x._h], outs.map((o) => o._h));
+      } catch (e) {
+        for (const o of outs) o.dispose();
+        throw e;
+      }
+      return finish(outs);
+    },
+    dispose(): void {
+      plan.dispose();
+    },
+  };
+}

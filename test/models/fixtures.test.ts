@@ -1,0 +1,121 @@
+/**
+ * The tiny model fixtures of every family (official PyTorch code, float64 reference): logits, every
+ * downsample and stage output, features, loss, the input gradient and every parameter gradient,
+ * on the ref and cpu backends; and the precompiled predict()/features() paths.
+ */
+import { describe, expect, it } from 'vitest';
+import { withBackend } from '../../lib/backend.js';
+import { createModel, type MetaFormer } from '../../lib/models/index.js';
+import type { Family } from '../../lib/models/zoo.js';
+import { crossEntropy, meanHW } from '../../lib/ops.js';
+import { type Tensor, tidy } from '../../lib/tensor.js';
+import { compare, failures, loadFixture, type Comparison, type Fixture } from '../helpers/tensors.js';
+
+const FAMILIES: Family[] = ['identityformer', 'randformer', 'poolformerv2', 'convformer', 'caformer'];
+
+interface ModelFixtureConfig {
+  family: Family;
+  depths: number[];
+  dims: number[];
+  num_classes: number;
+  image_size: [number, number];
+  frozen_params: string[];
+  suggested_fp32_rel_l2_tol: Record<string, number>;
+}
+
+async function load(file: string): Promise<{ fx: Fixture; cfg: ModelFixtureConfig; model: MetaFormer }> {
+  const fx = await loadFixture('models', file);
+  const cfg = fx.spec as unknown as ModelFixtureConfig;
+  const model = createModel({ family: cfg.family, depths: cfg.depths, dims: cfg.dims, numClasses: cfg.num_classes, imageSize: cfg.image_size });
+  const sd = new Map<string, Tensor>();
+  for (const [k, t] of fx.tensors) if (k.startsWith('param.')) sd.set(k.slice('param.'.length), t);
+  model.loadStateDict(sd, { strict: true });
+  model.eval();
+  return { fx, cfg, model };
+}
+
+function tolOf(cfg: ModelFixtureConfig, name: string): number {
+  const t = cfg.suggested_fp32_rel_l2_tol[name];
+  if (t === undefined) throw new Error(`no tolerance for ${name}`);
+  return t;
+}
+
+/** Forward step by step so every downsample and stage output can be compared. */
+function forwardAll(model: MetaFormer, x: Tensor): { named: Map<string, Tensor>; logits: Tensor } {
+  const named = new Map<string, Tensor>();
+  let y = x;
+  for (let i = 0; i < 4; ++i) {
+    y = model.downsampleLayers.items[i]!.forward(y);
+    named.set(`downsample${i}`, y);
+    y = model.stages.items[i]!.forward(y);
+    named.set(`stage${i}`, y);
+  }
+  const features = model.norm.forward(meanHW(y));
+  named.set('features', features);
+  const logits = model.head.forward(features);
+  named.set('logits', logits);
+  return { named, logits };
+}
+
+describe('tiny model fixtures, forward and backward', () => {
+  for (const family of FAMILIES) {
+    for (const backend of ['ref', 'cpu'] as const) {
+      it(`${family}_tiny on ${backend}`, async () => {
+        const { fx, cfg, model } = await load(`${family}_tiny.safetensors`);
+        try {
+          const cs = withBackend(backend, () => tidy(() => {
+            const results: Comparison[] = [];
+            const x = fx.get('input');
+            x.requiresGrad = true;
+            const { named, logits } = forwardAll(model, x);
+            for (const [k, t] of named) results.push(compare(k, t, fx.get(k), tolOf(cfg, k)));
+            const loss = crossEntropy(logits, fx.get('target'));
+            results.push(compare('loss', loss, fx.get('loss'), tolOf(cfg, 'loss')));
+            loss.backward();
+            results.push(compare('grad.input', x.grad!, fx.get('grad.input'), tolOf(cfg, 'grad.input')));
+            let grads = 0;
+            for (const [name, p] of model.namedParameters()) {
+              if (cfg.frozen_params.includes(name)) {
+                expect(p.grad, `${name} is frozen`).toBeNull();
+                continue;
+              }
+              expect(p.grad, `${name} has no gradient`).not.toBeNull();
+              results.push(compare(`grad.param.${name}`, p.grad!, fx.get(`grad.param.${name}`), tolOf(cfg, `grad.param.${name}`)));
+              grads += 1;
+            }
+            expect(grads).toBeGreaterThan(20);
+            return results;
+          }));
+          const report = cs.filter((c) => !c.name.startsWith('grad.param')).map((c) => `${c.name} ${c.relL2.toExponential(2)}`).join(', ');
+          expect(failures(cs), report).toBe('');
+        } finally {
+          model.dispose();
+          for (const t of fx.tensors.values()) t.dispose();
+        }
+      });
+    }
+  }
+});
+
+describe('tiny model fixtures, precompiled inference', () => {
+  for (const family of FAMILIES) {
+    it(`${family}_tiny predict() and features({ stages: true })`, async () => {
+      const { fx, cfg, model } = await load(`${family}_tiny.safetensors`);
+      try {
+        const x = fx.get('input');
+        const logits = await model.predict(x);
+        const cs = [compare('logits', logits, fx.get('logits'), tolOf(cfg, 'logits'))];
+        const f = await model.features(x, { stages: true });
+        cs.push(compare('features', f.features, fx.get('features'), tolOf(cfg, 'features')));
+        f.stages!.forEach((s, i) => cs.push(compare(`stage${i}`, s, fx.get(`stage${i}`), tolOf(cfg, `stage${i}`))));
+        expect(failures(cs)).toBe('');
+        const again = model.predictSync(x);
+        expect(Array.from(again.toFloat32Array())).toEqual(Array.from(logits.toFloat32Array()));
+        for (const t of [logits, again, f.features, ...f.stages!]) t.dispose();
+      } finally {
+        model.dispose();
+        for (const t of fx.tensors.values()) t.dispose();
+      }
+    });
+  }
+});
