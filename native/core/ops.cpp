@@ -26,8 +26,10 @@ const char* op_name(OpId op) {
 static Backend& mutable_backend(const char* name) {
   static Backend ref{"ref", true, {}, {}};
   static Backend cpu{"cpu", false, {}, {}};
+  static Backend cuda{"cuda", false, {}, {}, 1};
   if (std::strcmp(name, "ref") == 0) return ref;
   if (std::strcmp(name, "cpu") == 0) return cpu;
+  if (std::strcmp(name, "cuda") == 0) return cuda;
   throw Error(ErrorKind::generic, std::string("unknown backend ") + name);
 }
 
@@ -53,7 +55,14 @@ const Backend& cpu_backend() {
   static bool resolved = [] {
     Backend& cpu = mutable_backend("cpu");
     const Backend& ref = ref_backend();
+    // The fast kernels need AVX2 and FMA; without them the cpu backend runs the reference kernels.
+    bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     for (int i = 0; i < kNumOps; ++i) {
+      if (!fast) {
+        cpu.fwd[i] = ref.fwd[i];
+        cpu.bwd[i] = ref.bwd[i];
+        continue;
+      }
       if (!inherit_flag(static_cast<OpId>(i))) continue;
       if (!cpu.fwd[i]) cpu.fwd[i] = ref.fwd[i];
       if (!cpu.bwd[i]) cpu.bwd[i] = ref.bwd[i];
@@ -63,6 +72,8 @@ const Backend& cpu_backend() {
   (void)resolved;
   return mutable_backend("cpu");
 }
+
+const Backend& cuda_backend() { return mutable_backend("cuda"); }
 
 bool supports_op(const Backend& be, OpId op, Dir dir) {
   int i = static_cast<int>(op);
@@ -383,6 +394,7 @@ void check_target(Checker& c, const TensorView& logits, const TensorView& t) {
   int64_t b = logits.shape[0], k = logits.shape[1];
   if (t.dtype == DType::i32 || t.dtype == DType::i64) {
     expect_shape(c.op, "target", t, {b});
+    if (t.device != 0) return;  // device memory: the device kernel checks the ids and reports them
     for (int64_t i = 0; i < b; ++i) {
       int64_t v = t.dtype == DType::i32 ? t.as<int32_t>()[i] : t.as<int64_t>()[i];
       if (v < 0 || v >= k)
@@ -533,7 +545,24 @@ static bool uses_f64(const OpArgs& a) {
   return false;
 }
 
+// Every tensor of a call must live where the backend's kernels run.
+static void check_devices(const Backend& be, OpId op, const OpArgs& a) {
+  static const char* const kDevice[] = {"cpu", "cuda"};
+  auto dev = [](int32_t d) { return d == 0 || d == 1 ? kDevice[d] : "unknown-device"; };
+  for (int k = 0; k < 2; ++k) {
+    const TensorView* ts = k == 0 ? a.in : a.out;
+    int n = k == 0 ? a.n_in : a.n_out;
+    for (int i = 0; i < n; ++i)
+      if (ts[i].present() && ts[i].device != be.device)
+        throw Error(ErrorKind::type, std::string(op_name(op)) + ": expected a " + dev(be.device) + " tensor for " +
+                                         (k == 0 ? "input " : "output ") + std::to_string(i) + " (the " + be.name +
+                                         " backend runs on " + dev(be.device) + ") but received a " +
+                                         dev(ts[i].device) + " tensor; move tensors with .to()");
+  }
+}
+
 void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args) {
+  check_devices(be, op, args);
   check_op(op, dir, args);
   if (!supports_op(be, op, dir))
     throw Error(ErrorKind::generic, std::string(op_name(op)) + ": the " + be.name + " backend has no " +

@@ -1,7 +1,6 @@
 // cpu/inherit.cpp: ops whose reference kernel is also the CPU kernel, on purpose.
 #include "../core/backend.h"
 
-MF_INHERIT(cpu, linear);
 MF_INHERIT(cpu, conv2d);
 MF_INHERIT(cpu, dwconv2d);
 MF_INHERIT(cpu, layernorm);

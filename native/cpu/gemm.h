@@ -1,0 +1,34 @@
+// gemm.h: the one matrix-multiply entry point of the CPU backend, on oneDNN's matmul primitive.
+//
+//   C[b] (+)= A[b] * B[b] (+ bias)   for b in batch (up to two batch dimensions)
+//
+// Every operand is described by element strides, so transposed and strided views (a weight read as
+// w^T, one head of a packed qkv tensor) need no copies. Primitives are created once per distinct
+// description and cached.
+#pragma once
+#include <cstdint>
+
+namespace mf::cpu {
+
+struct GemmShape {
+  int64_t batch[2] = {1, 1};  // batch dims (1 = none)
+  int64_t M = 0, N = 0, K = 0;
+  // A is [batch..][M][K]: strides per batch dim, per row (m) and per column (k).
+  int64_t a_b[2] = {0, 0}, a_m = 0, a_k = 1;
+  // B is [batch..][K][N].
+  int64_t b_b[2] = {0, 0}, b_k = 0, b_n = 1;
+  // C is [batch..][M][N].
+  int64_t c_b[2] = {0, 0}, c_m = 0, c_n = 1;
+  bool accumulate = false;  // C += A B instead of C = A B
+  bool bias = false;        // + bias[N] (broadcast over rows and batches)
+  float alpha = 1.0f;       // C = alpha * A B (...)
+};
+
+void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
+
+// Plain row-major helpers.
+// C[M,N] (+)= A[M,K] * W[N,K]^T (+ bias): the nn.Linear layout.
+void gemm_xwT(int64_t M, int64_t N, int64_t K, const float* A, const float* W, float* C, const float* bias,
+              bool accumulate);
+
+}  // namespace mf::cpu

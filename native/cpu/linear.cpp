@@ -1,0 +1,60 @@
+// cpu/linear.cpp: nn.Linear on oneDNN matmul. y[M,N] = x[M,K] w[N,K]^T + b.
+//   dx = dy w (written), dw += dy^T x, db += column sums of dy.
+#include <vector>
+
+#include "cpu.h"
+#include "gemm.h"
+
+namespace mf::cpu {
+
+void col_sum_accumulate(const float* dy, int64_t M, int64_t N, float* db) {
+  int nt = num_threads();
+  int64_t chunks = std::min<int64_t>(nt, std::max<int64_t>(1, M / 64));
+  std::vector<float> part(static_cast<size_t>(chunks * N), 0.0f);
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* acc = part.data() + c * N;
+      for (int64_t m = M * c / chunks; m < M * (c + 1) / chunks; ++m) {
+        const float* row = dy + m * N;
+        for (int64_t n = 0; n < N; ++n) acc[n] += row[n];
+      }
+    }
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t n = 0; n < N; ++n) db[n] += part[static_cast<size_t>(c * N + n)];
+}
+
+namespace {
+
+void linear_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];  // x[M,K] w[N,K] b[N]
+  gemm_xwT(x.rows(), w.shape[0], w.shape[1], x.f(), w.f(), a.out[0].f(), b.present() ? b.f() : nullptr, false);
+}
+
+void linear_bwd(const OpArgs& a) {
+  const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2];  // dy[M,N] x[M,K] w[N,K]
+  int64_t M = x.rows(), N = w.shape[0], K = w.shape[1];
+  if (a.out[0].present()) {  // dx[M,K] = dy[M,N] w[N,K]
+    GemmShape s;
+    s.M = M, s.N = K, s.K = N;
+    s.a_m = N, s.a_k = 1;
+    s.b_k = K, s.b_n = 1;
+    s.c_m = K, s.c_n = 1;
+    gemm(s, dy.f(), w.f(), a.out[0].f());
+  }
+  if (a.out[1].present()) {  // dw[N,K] += dy^T[N,M] x[M,K]
+    GemmShape s;
+    s.M = N, s.N = K, s.K = M;
+    s.a_m = 1, s.a_k = N;
+    s.b_k = K, s.b_n = 1;
+    s.c_m = K, s.c_n = 1;
+    s.accumulate = true;
+    gemm(s, dy.f(), x.f(), a.out[1].f());
+  }
+  if (a.out[2].present()) col_sum_accumulate(dy.f(), M, N, a.out[2].f());
+}
+
+}  // namespace
+}  // namespace mf::cpu
+
+MF_REGISTER(cpu, linear, mf::cpu::linear_fwd, mf::cpu::linear_bwd);
