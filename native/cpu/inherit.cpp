@@ -1,12 +1,8 @@
 // cpu/inherit.cpp: ops whose reference kernel is also the CPU kernel, on purpose.
 #include "../core/backend.h"
 
-MF_INHERIT(cpu, conv2d);
-MF_INHERIT(cpu, dwconv2d);
 MF_INHERIT(cpu, layernorm);
 MF_INHERIT(cpu, starrelu);
-MF_INHERIT(cpu, attention);
-MF_INHERIT(cpu, random_mixing);
 MF_INHERIT(cpu, pool);
 MF_INHERIT(cpu, scale_add);
 MF_INHERIT(cpu, mean_hw);

@@ -75,7 +75,11 @@ export function failures(cs: Comparison[]): string {
 
 /** A deterministic pseudo-random float32 tensor (values in [-1, 1) * scale). */
 export function randomTensor(shape: readonly number[], seed: number, scale = 1, dtype: 'float32' | 'float64' = 'float32'): Tensor {
-  let s = seed >>> 0 || 1;
+  // splitmix32 of the seed, so nearby seeds start far apart
+  let s = (seed + 0x9e3779b9) >>> 0;
+  s = Math.imul(s ^ (s >>> 16), 0x85ebca6b) >>> 0;
+  s = Math.imul(s ^ (s >>> 13), 0xc2b2ae35) >>> 0;
+  s = (s ^ (s >>> 16)) >>> 0 || 1;
   const n = shape.reduce((a, b) => a * b, 1);
   const data = dtype === 'float32' ? new Float32Array(n) : new Float64Array(n);
   for (let i = 0; i < n; ++i) {

@@ -1,0 +1,157 @@
+// cpu/conv.cpp: dense convolution (stem k7 s4 p2 on the NCHW image, downsampling k3 s2 p1 on
+// channels-last maps) as im2col + one oneDNN GEMM per chunk of output pixels.
+//   columns: col[m = (b, oh, ow)][k = (i, j, ci)], zero where the tap falls in the padding
+//   weights repacked once per call to wr[co][(i, j, ci)] (the (i, j, ci) order makes channels-last
+//   gathers contiguous copies)
+//   y[m, co] = col[m, :] . wr[co, :] + b[co]
+// Backward: db += col sums of dy; dwr += dy^T col (then un-repacked into dw); dcol = dy wr, scattered
+// back into dx (col2im).
+#include <algorithm>
+
+#include "cpu.h"
+#include "gemm.h"
+
+namespace mf::cpu {
+namespace {
+
+struct Geom {
+  int64_t B, H, W, Ci, Co, kh, kw, Ho, Wo, stride, pad, Kc;
+  bool nchw;
+};
+
+Geom geom(const TensorView& x, const TensorView& w, const OpArgs& a) {
+  Geom g{};
+  g.stride = static_cast<int64_t>(a.attr[0]);
+  g.pad = static_cast<int64_t>(a.attr[1]);
+  g.nchw = a.attr[2] != 0;
+  g.B = x.shape[0];
+  g.Ci = g.nchw ? x.shape[1] : x.shape[3];
+  g.H = g.nchw ? x.shape[2] : x.shape[1];
+  g.W = g.nchw ? x.shape[3] : x.shape[2];
+  g.Co = w.shape[0];
+  g.kh = w.shape[2];
+  g.kw = w.shape[3];
+  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
+  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
+  g.Kc = g.kh * g.kw * g.Ci;
+  return g;
+}
+
+// Output pixels per GEMM chunk: bounded so the column buffer stays near 16 MB.
+int64_t chunk_rows(const Geom& g) {
+  int64_t rows = std::max<int64_t>(64, (int64_t(4) << 20) / std::max<int64_t>(1, g.Kc));
+  return std::min(rows, g.B * g.Ho * g.Wo);
+}
+
+void repack_weights(const Geom& g, const float* w, float* wr) {  // [Co,Ci,kh,kw] -> [Co,kh,kw,Ci]
+  for (int64_t co = 0; co < g.Co; ++co)
+    for (int64_t ci = 0; ci < g.Ci; ++ci)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j)
+          wr[co * g.Kc + (i * g.kw + j) * g.Ci + ci] = w[((co * g.Ci + ci) * g.kh + i) * g.kw + j];
+}
+
+// Fills col rows [m0, m1) (relative row r = m - m0).
+void im2col(const Geom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+  parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
+      float* dst = col + r * g.Kc;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        int64_t ih = oh * g.stride - g.pad + i;
+        for (int64_t j = 0; j < g.kw; ++j, dst += g.Ci) {
+          int64_t iw = ow * g.stride - g.pad + j;
+          if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
+            std::memset(dst, 0, sizeof(float) * static_cast<size_t>(g.Ci));
+          } else if (g.nchw) {
+            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci] = x[((b * g.Ci + ci) * g.H + ih) * g.W + iw];
+          } else {
+            std::memcpy(dst, x + ((b * g.H + ih) * g.W + iw) * g.Ci, sizeof(float) * static_cast<size_t>(g.Ci));
+          }
+        }
+      }
+    }
+  });
+}
+
+// dx += scatter of dcol rows [m0, m1). Parallel over images would race inside an image; rows of one
+// image overlap only through the kernel window, so this runs serially per chunk (cheap next to GEMMs).
+void col2im(const Geom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
+  for (int64_t m = m0; m < m1; ++m) {
+    int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
+    const float* src = dcol + (m - m0) * g.Kc;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      int64_t ih = oh * g.stride - g.pad + i;
+      for (int64_t j = 0; j < g.kw; ++j, src += g.Ci) {
+        int64_t iw = ow * g.stride - g.pad + j;
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+        if (g.nchw) {
+          for (int64_t ci = 0; ci < g.Ci; ++ci) dx[((b * g.Ci + ci) * g.H + ih) * g.W + iw] += src[ci];
+        } else {
+          float* d = dx + ((b * g.H + ih) * g.W + iw) * g.Ci;
+          for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += src[ci];
+        }
+      }
+    }
+  }
+}
+
+void conv2d_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];
+  Geom g = geom(x, w, a);
+  int64_t M = g.B * g.Ho * g.Wo, rows = chunk_rows(g);
+  Scratch wr(static_cast<size_t>(g.Co * g.Kc)), col(static_cast<size_t>(rows * g.Kc));
+  repack_weights(g, w.f(), wr.get());
+  for (int64_t m0 = 0; m0 < M; m0 += rows) {
+    int64_t m1 = std::min(M, m0 + rows);
+    im2col(g, x.f(), col.get(), m0, m1);
+    gemm_xwT(m1 - m0, g.Co, g.Kc, col.get(), wr.get(), a.out[0].f() + m0 * g.Co, b.present() ? b.f() : nullptr, false);
+  }
+}
+
+void conv2d_bwd(const OpArgs& a) {
+  const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2];
+  Geom g = geom(x, w, a);
+  int64_t M = g.B * g.Ho * g.Wo, rows = chunk_rows(g);
+  float *DX = a.out[0].present() ? a.out[0].f() : nullptr, *DW = a.out[1].present() ? a.out[1].f() : nullptr;
+  if (a.out[2].present()) col_sum_accumulate(dy.f(), M, g.Co, a.out[2].f());
+  if (!DX && !DW) return;
+  Scratch wr(static_cast<size_t>(g.Co * g.Kc)), col(static_cast<size_t>(rows * g.Kc));
+  Scratch dwr(DW ? static_cast<size_t>(g.Co * g.Kc) : 1);
+  repack_weights(g, w.f(), wr.get());
+  if (DX) std::memset(DX, 0, sizeof(float) * static_cast<size_t>(x.numel()));
+  for (int64_t m0 = 0; m0 < M; m0 += rows) {
+    int64_t m1 = std::min(M, m0 + rows), n = m1 - m0;
+    const float* dyc = dy.f() + m0 * g.Co;
+    if (DW) {  // dwr[Co, Kc] (+)= dy^T[Co, n] col[n, Kc]
+      im2col(g, x.f(), col.get(), m0, m1);
+      GemmShape s;
+      s.M = g.Co, s.N = g.Kc, s.K = n;
+      s.a_m = 1, s.a_k = g.Co;
+      s.b_k = g.Kc, s.b_n = 1;
+      s.c_m = g.Kc, s.c_n = 1;
+      s.accumulate = m0 > 0;
+      gemm(s, dyc, col.get(), dwr.get());
+    }
+    if (DX) {  // dcol[n, Kc] = dy[n, Co] wr[Co, Kc]
+      GemmShape s;
+      s.M = n, s.N = g.Kc, s.K = g.Co;
+      s.a_m = g.Co, s.a_k = 1;
+      s.b_k = g.Kc, s.b_n = 1;
+      s.c_m = g.Kc, s.c_n = 1;
+      gemm(s, dyc, wr.get(), col.get());
+      col2im(g, col.get(), DX, m0, m1);
+    }
+  }
+  if (DW)
+    for (int64_t co = 0; co < g.Co; ++co)
+      for (int64_t ci = 0; ci < g.Ci; ++ci)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j)
+            DW[((co * g.Ci + ci) * g.kh + i) * g.kw + j] += dwr.get()[co * g.Kc + (i * g.kw + j) * g.Ci + ci];
+}
+
+}  // namespace
+}  // namespace mf::cpu
+
+MF_REGISTER(cpu, conv2d, mf::cpu::conv2d_fwd, mf::cpu::conv2d_bwd);

@@ -1,0 +1,186 @@
+/**
+ * Every op of the fast CPU backend against the reference backend, forward and backward, on random
+ * shapes that include 1, primes and sizes just past the vector widths (8, 16). Written outputs are
+ * pre-filled with NaN (a skipped element fails); accumulated outputs (parameter gradients, in-place
+ * updates) are pre-filled with random values (the += must keep them). Errors are relative L2.
+ */
+import { describe, expect, it } from 'vitest';
+import { addon, BACKEND_ID, OP, type OpName } from '../../lib/native.js';
+import { Tensor } from '../../lib/tensor.js';
+import { randomTensor, relL2 } from '../helpers/tensors.js';
+
+type Fill = 'nan' | 'rand' | 'positive';
+interface Case {
+  name: string;
+  op: OpName;
+  dir: 0 | 1;
+  ins: (Tensor | null)[];
+  outs: ({ shape: number[]; fill: Fill; dtype?: 'float32' | 'float64' } | null)[];
+  attrs: number[];
+}
+
+/** Tolerances (relative L2), one table: op x direction. GEMM-based ops differ by fp32 summation order. */
+const TOL: Partial<Record<OpName, [number, number]>> = {
+  linear: [2e-6, 2e-6], conv2d: [2e-6, 2e-6], dwconv2d: [1e-6, 1e-6], attention: [2e-6, 3e-6],
+  random_mixing: [2e-6, 2e-6], layernorm: [1e-6, 2e-6], cross_entropy: [1e-6, 1e-6],
+};
+const DEFAULT_TOL = 1e-6;
+
+let seed = 1;
+const rnd = (shape: number[], scale = 1): Tensor => randomTensor(shape, seed++, scale);
+const nanOut = (shape: number[]) => ({ shape, fill: 'nan' as const });
+const accOut = (shape: number[]) => ({ shape, fill: 'rand' as const });
+const posOut = (shape: number[]) => ({ shape, fill: 'positive' as const });
+
+function allocOut(spec: Case['outs'][number], fillSeed: number): Tensor | null {
+  if (!spec) return null;
+  if (spec.dtype === 'float64') return Tensor.zeros(spec.shape, 'float64');
+  if (spec.fill === 'rand') return randomTensor(spec.shape, fillSeed);
+  if (spec.fill === 'positive') {  // second-moment optimizer state is never negative
+    const t = randomTensor(spec.shape, fillSeed);
+    const v = t.view<'float32'>();
+    for (let i = 0; i < v.length; ++i) v[i] = Math.abs(v[i]!);
+    return t;
+  }
+  const t = Tensor.empty(spec.shape);
+  t.view<'float32'>().fill(NaN);
+  return t;
+}
+
+function runOn(backend: 'ref' | 'cpu', c: Case, fillSeed: number): Tensor[] {
+  const outs = c.outs.map((o, i) => allocOut(o, fillSeed + i));
+  addon.run(OP[c.op], c.dir, BACKEND_ID[backend], c.ins.map((t) => t?._h ?? null), outs.map((t) => t?._h ?? null), c.attrs);
+  return outs.filter((t): t is Tensor => t !== null);
+}
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  const both = (name: string, op: OpName, fwd: Omit<Case, 'name' | 'op' | 'dir'>, bwd: Omit<Case, 'name' | 'op' | 'dir'> | null) => {
+    out.push({ name: `${name} fwd`, op, dir: 0, ...fwd });
+    if (bwd) out.push({ name: `${name} bwd`, op, dir: 1, ...bwd });
+  };
+  for (const [M, K, N, bias] of [[1, 1, 1, true], [7, 3, 5, false], [33, 17, 9, true], [64, 64, 31, true], [13, 130, 17, false]] as const) {
+    const x = rnd([M, K]), w = rnd([N, K]), b = bias ? rnd([N]) : null;
+    both(`linear M${M} K${K} N${N}${bias ? ' bias' : ''}`, 'linear',
+      { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
+      { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
+  }
+  // conv2d: the stem (NCHW in), downsampling (channels-last in), and odd sizes.
+  for (const [B, Ci, H, W, Co, k, s, p, nchw] of [
+    [2, 3, 29, 23, 12, 7, 4, 2, 1], [1, 3, 17, 9, 5, 7, 4, 2, 1], [2, 12, 7, 5, 20, 3, 2, 1, 0],
+    [1, 5, 9, 11, 3, 3, 1, 1, 0], [3, 17, 1, 1, 9, 3, 2, 1, 0], [1, 1, 4, 4, 1, 3, 2, 1, 0]] as const) {
+    const x = nchw ? rnd([B, Ci, H, W]) : rnd([B, H, W, Ci]), w = rnd([Co, Ci, k, k]), b = rnd([Co]);
+    const Ho = Math.floor((H + 2 * p - k) / s) + 1, Wo = Math.floor((W + 2 * p - k) / s) + 1;
+    both(`conv2d ${nchw ? 'nchw' : 'nhwc'} [${B},${Ci},${H},${W}] k${k} s${s} -> ${Co}`, 'conv2d',
+      { ins: [x, w, b], outs: [nanOut([B, Ho, Wo, Co])], attrs: [s, p, nchw] },
+      { ins: [rnd([B, Ho, Wo, Co]), x, w], outs: [nanOut([...x.shape]), accOut([Co, Ci, k, k]), accOut([Co])], attrs: [s, p, nchw] });
+  }
+  for (const [B, H, W, C, k, bias] of [[1, 1, 1, 1, 7, false], [2, 3, 2, 8, 7, true], [1, 7, 5, 17, 7, false],
+    [2, 13, 9, 33, 7, true], [1, 14, 14, 128, 7, false], [1, 6, 7, 16, 3, true], [1, 5, 4, 9, 5, false]] as const) {
+    const x = rnd([B, H, W, C]), w = rnd([C, 1, k, k]), b = bias ? rnd([C]) : null;
+    both(`dwconv2d [${B},${H},${W},${C}] k${k}${bias ? ' bias' : ''}`, 'dwconv2d',
+      { ins: [x, w, b], outs: [nanOut([B, H, W, C])], attrs: [] },
+      { ins: [rnd([B, H, W, C]), x, w], outs: [nanOut([B, H, W, C]), accOut([C, 1, k, k]), bias ? accOut([C]) : null], attrs: [] });
+  }
+  for (const [B, H, W, C] of [[1, 1, 1, 1], [2, 7, 5, 9], [2, 3, 3, 17], [1, 4, 4, 64], [3, 2, 5, 31]] as const) {
+    for (const over of ['c', 'hwc'] as const) {
+      for (const [hasW, hasB] of [[true, false], [true, true], [false, false]] as const) {
+        const x = rnd([B, H, W, C], 2), w = hasW ? rnd([C]) : null, b = hasB ? rnd([C]) : null;
+        const group = over === 'c' ? C : H * W * C, rows = (B * H * W * C) / group;
+        const mean = Tensor.empty([rows]), rstd = Tensor.empty([rows]);
+        addon.run(OP.layernorm, 0, BACKEND_ID.ref, [x._h, w?._h ?? null, b?._h ?? null], [Tensor.empty(x.shape)._h, mean._h, rstd._h], [1e-6, group]);
+        both(`layernorm ${over} [${B},${H},${W},${C}] w${+hasW} b${+hasB}`, 'layernorm',
+          { ins: [x, w, b], outs: [nanOut([B, H, W, C]), nanOut([rows]), nanOut([rows])], attrs: [1e-6, group] },
+          { ins: [rnd([B, H, W, C]), x, w, mean, rstd], outs: [nanOut([B, H, W, C]), hasW ? accOut([C]) : null, hasB ? accOut([C]) : null], attrs: [1e-6, group] });
+      }
+    }
+  }
+  for (const [shape, params] of [[[1], true], [[7, 9], true], [[2, 17, 33], false], [[4, 8, 8, 16], true]] as const) {
+    const x = rnd([...shape]), s = params ? rnd([1]) : null, b = params ? rnd([1]) : null;
+    both(`starrelu [${shape}]${params ? '' : ' squared'}`, 'starrelu',
+      { ins: [x, s, b], outs: [nanOut([...shape])], attrs: [] },
+      { ins: [rnd([...shape]), x, s], outs: [nanOut([...shape]), params ? accOut([1]) : null, params ? accOut([1]) : null], attrs: [] });
+  }
+  for (const [B, N, heads, hd] of [[1, 1, 1, 32], [2, 5, 2, 32], [1, 49, 3, 32], [2, 50, 1, 32], [1, 17, 2, 8], [1, 196, 2, 32]] as const) {
+    const A = heads * hd, qkv = rnd([B, N, 3 * A]);
+    const o = Tensor.empty([B, N, A]), lse = Tensor.empty([B, heads, N]);
+    addon.run(OP.attention, 0, BACKEND_ID.ref, [qkv._h], [o._h, lse._h], [hd, hd ** -0.5]);
+    both(`attention B${B} N${N} heads${heads} hd${hd}`, 'attention',
+      { ins: [qkv], outs: [nanOut([B, N, A]), nanOut([B, heads, N])], attrs: [hd, hd ** -0.5] },
+      { ins: [rnd([B, N, A]), qkv, o, lse], outs: [nanOut([B, N, 3 * A])], attrs: [hd, hd ** -0.5] });
+  }
+  for (const [B, N, C] of [[1, 1, 1], [2, 7, 3], [2, 35, 17], [1, 49, 64]] as const) {
+    const x = rnd([B, N, C]), r = rnd([N, N]);
+    both(`random_mixing [${B},${N},${C}]`, 'random_mixing',
+      { ins: [x, r], outs: [nanOut([B, N, C])], attrs: [] },
+      { ins: [rnd([B, N, C]), x, r], outs: [nanOut([B, N, C]), accOut([N, N])], attrs: [] });
+  }
+  for (const [B, H, W, C] of [[1, 1, 1, 1], [1, 2, 2, 9], [2, 3, 5, 17], [1, 8, 7, 16], [2, 14, 14, 64]] as const) {
+    both(`pool [${B},${H},${W},${C}]`, 'pool',
+      { ins: [rnd([B, H, W, C])], outs: [nanOut([B, H, W, C])], attrs: [] },
+      { ins: [rnd([B, H, W, C])], outs: [nanOut([B, H, W, C])], attrs: [] });
+  }
+  for (const [shape, hasS, hasR] of [[[1], true, true], [[7, 9], true, false], [[2, 5, 3, 17], false, true], [[4, 33], true, true]] as const) {
+    const C = shape[shape.length - 1]!;
+    const x = rnd([...shape]), s = hasS ? rnd([C]) : null, r = hasR ? rnd([...shape]) : null;
+    both(`scale_add [${shape}] s${+hasS} r${+hasR}`, 'scale_add',
+      { ins: [x, s, r], outs: [nanOut([...shape])], attrs: [] },
+      { ins: [rnd([...shape]), x, s], outs: [nanOut([...shape]), hasS ? accOut([C]) : null, nanOut([...shape])], attrs: [] });
+  }
+  for (const shape of [[1, 1, 1], [2, 7, 9], [3, 5, 4, 17], [2, 49, 64]]) {
+    const B = shape[0]!, C = shape[shape.length - 1]!;
+    both(`mean_hw [${shape}]`, 'mean_hw',
+      { ins: [rnd(shape)], outs: [nanOut([B, C])], attrs: [] },
+      { ins: [rnd([B, C])], outs: [nanOut(shape)], attrs: [] });
+  }
+  for (const [B, K, soft, ls] of [[1, 1, false, 0], [3, 10, false, 0.1], [5, 1000, false, 0], [4, 17, true, 0]] as const) {
+    const z = rnd([B, K], 3);
+    const target = soft ? Tensor.from(new Float32Array(B * K).fill(1 / K), [B, K]) : Tensor.from(Int32Array.from({ length: B }, (_, i) => (i * 7) % K), [B]);
+    both(`cross_entropy B${B} K${K}${soft ? ' soft' : ''} ls${ls}`, 'cross_entropy',
+      { ins: [z, target], outs: [nanOut([])], attrs: [ls] },
+      { ins: [rnd([]), z, target], outs: [nanOut([B, K])], attrs: [ls] });
+  }
+  for (const [shape, group] of [[[9], 1], [[4, 17], 1], [[3, 5, 7], 35], [[2, 8, 8, 16], 1024]] as const) {
+    both(`dropout [${shape}] group ${group}`, 'dropout',
+      { ins: [rnd([...shape])], outs: [nanOut([...shape])], attrs: [0.3, group, 12345, 77] },
+      { ins: [rnd([...shape])], outs: [nanOut([...shape])], attrs: [0.3, group, 12345, 77] });
+  }
+  for (const n of [1, 9, 1031]) {
+    out.push({ name: `axpy ${n}`, op: 'axpy', dir: 0, ins: [rnd([n])], outs: [accOut([n])], attrs: [0.7] });
+    out.push({ name: `scale ${n}`, op: 'scale', dir: 0, ins: [], outs: [accOut([n])], attrs: [-1.5] });
+    out.push({ name: `lerp ${n}`, op: 'lerp', dir: 0, ins: [rnd([n])], outs: [accOut([n])], attrs: [0.1] });
+    out.push({ name: `fill ${n}`, op: 'fill', dir: 0, ins: [], outs: [nanOut([n])], attrs: [2.5] });
+    out.push({ name: `sumsq ${n}`, op: 'sumsq', dir: 0, ins: [rnd([n])], outs: [{ shape: [1], fill: 'nan', dtype: 'float64' }], attrs: [] });
+    const g = rnd([n]);
+    out.push({ name: `adamw ${n}`, op: 'adamw', dir: 0, ins: [g], outs: [accOut([n]), accOut([n]), posOut([n])], attrs: [1e-3, 0.9, 0.999, 1e-8, 0.05, 3, 0.5] });
+    out.push({ name: `lamb ${n}`, op: 'lamb', dir: 0, ins: [g], outs: [accOut([n]), accOut([n]), posOut([n])], attrs: [1e-3, 0.9, 0.999, 1e-6, 0.05, 3, 1, 0] });
+    out.push({ name: `sgd ${n}`, op: 'sgd', dir: 0, ins: [g], outs: [accOut([n]), accOut([n])], attrs: [0.1, 0.9, 0, 1e-4, 1, 1, 0] });
+  }
+  out.push({ name: 'permute [2,3,5,7] -> [0,2,3,1]', op: 'permute', dir: 0, ins: [rnd([2, 3, 5, 7])], outs: [nanOut([2, 5, 7, 3])], attrs: [0, 2, 3, 1] });
+  return out;
+}
+
+describe('cpu backend vs reference backend', () => {
+  const all = cases();
+  it('covers every op with a forward case and every differentiable op with a backward case', () => {
+    const names = addon.opNames() as OpName[];
+    for (const op of names) {
+      if (op === 'cast') continue;  // conversions are exact: covered by the tensor tests
+      expect(all.some((c) => c.op === op && c.dir === 0), `${op} forward`).toBe(true);
+      if (addon.supports(BACKEND_ID.ref, OP[op], 1)) expect(all.some((c) => c.op === op && c.dir === 1), `${op} backward`).toBe(true);
+    }
+  });
+  for (const c of all) {
+    it(c.name, () => {
+      const ref = runOn('ref', c, 1000);
+      const cpu = runOn('cpu', c, 1000);
+      const tol = TOL[c.op]?.[c.dir] ?? DEFAULT_TOL;
+      ref.forEach((r, i) => {
+        const a = cpu[i]!.toFloat64Array(), e = r.toFloat64Array();
+        expect(a.some((v) => Number.isNaN(v)), `output ${i} has unwritten (NaN) elements`).toBe(false);
+        const err = relL2(a, e);
+        expect(err, `output ${i}: rel L2 ${err.toExponential(2)} > ${tol}`).toBeLessThanOrEqual(tol);
+      });
+    });
+  }
+});
