@@ -316,6 +316,7 @@ function translate(model: MetaFormer, trace: Trace, input: Tensor, result: Tenso
 
   // Weights: one initializer per (tensor, layout); the first layout used gets the official name.
   const weightForms = new Map<string, string>();
+  const officialUsed = new Set<string>();
   let unnamed = 0;
   const nameOfWeight = (t: Tensor): string => {
     let n = paramName.get(t);
@@ -330,7 +331,8 @@ function translate(model: MetaFormer, trace: Trace, input: Tensor, result: Tenso
     const key = `${official}|${layout}`;
     let name = weightForms.get(key);
     if (name) return name;
-    name = [...weightForms.values()].includes(official) ? g.unique(`${official}.${layout}`) : official;
+    name = officialUsed.has(official) ? g.unique(`${official}.${layout}`) : official;
+    officialUsed.add(official);
     let values = t.toFloat32Array();
     let dims = [...t.shape];
     if (layout === 'transposed') {

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { noGrad } from '../../lib/autograd/node.js';
 import { exportOnnx, toOnnxBytes, type OnnxExportOptions } from '../../lib/io/onnx.js';
 import { ProtoWriter, varintSize } from '../../lib/io/protobuf.js';
@@ -321,21 +321,14 @@ describe('exported tiny models match the fixtures under onnxruntime', () => {
 });
 
 describe('full-size models', () => {
-  it('caformer_s18 with the fixture weights matches the float64 reference logits', async () => {
-    const { fx, cfg, model } = await loadModel('caformer_s18_224.safetensors');
-    try {
-      const x = fx.get('input');
-      const bytes = toOnnxBytes(model, { batch: x.shape[0] });
-      const y = await runOrt(await session(bytes), x.toFloat32Array(), x.shape);
-      const c = compare('logits', y.data, fx.get('logits'), cfg.suggested_fp32_rel_l2_tol.logits!);
-      expect(failures([c]), `rel L2 ${c.relL2.toExponential(2)}`).toBe('');
-    } finally {
-      release(fx, model);
-    }
+  // One caformer_s18 for both tests (random initialisation of the full model takes seconds).
+  let model: MetaFormer;
+  beforeAll(() => {
+    model = createModel('caformer_s18');
   });
+  afterAll(() => model.dispose());
 
   it('caformer_s18 (random init) matches predict() within 1e-4 relative L2', async () => {
-    const model = createModel('caformer_s18');
     const x = randomTensor([1, 3, 224, 224], 1234);
     try {
       const y = await runOrt(await session(toOnnxBytes(model)), x.toFloat32Array(), x.shape);
@@ -345,8 +338,23 @@ describe('full-size models', () => {
       expect(y.dims).toEqual([1, 1000]);
       expect(failures([c]), `rel L2 ${c.relL2.toExponential(2)}`).toBe('');
     } finally {
-      model.dispose();
       x.dispose();
+    }
+  }, 300_000);
+
+  it('caformer_s18 with the fixture weights matches the float64 reference logits', async () => {
+    const fx = await loadFixture('models', 'caformer_s18_224.safetensors');
+    try {
+      const cfg = fx.spec as unknown as ModelFixtureConfig;
+      const sd = new Map<string, Tensor>();
+      for (const [k, t] of fx.tensors) if (k.startsWith('param.')) sd.set(k.slice('param.'.length), t);
+      model.loadStateDict(sd, { strict: true });
+      const x = fx.get('input');
+      const y = await runOrt(await session(toOnnxBytes(model, { batch: x.shape[0] })), x.toFloat32Array(), x.shape);
+      const c = compare('logits', y.data, fx.get('logits'), cfg.suggested_fp32_rel_l2_tol.logits!);
+      expect(failures([c]), `rel L2 ${c.relL2.toExponential(2)}`).toBe('');
+    } finally {
+      for (const t of fx.tensors.values()) t.dispose();
     }
   }, 300_000);
 });
