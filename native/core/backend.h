@@ -43,11 +43,14 @@ struct Backend {
   bool supports_f64;  // the reference backend also computes in float64 (finite-difference checks)
   Kernel fwd[kNumOps];
   Kernel bwd[kNumOps];
+  int32_t device = 0;  // where its kernels expect every tensor: 0 host, 1 CUDA (TensorView::device)
 };
 
-// The registered backends. ref is always present; cpu is the fast CPU backend; cuda exists when built.
+// The registered backends. ref is always present; cpu is the fast CPU backend; cuda has kernels only
+// when the CUDA module is built in (METAFORMER_WITH_CUDA), and is an empty table otherwise.
 const Backend& ref_backend();
 const Backend& cpu_backend();
+const Backend& cuda_backend();
 
 bool supports_op(const Backend& be, OpId op, Dir dir);
 

@@ -1,7 +1,9 @@
 // memory.cpp: the aligned allocator with a size-class cache (see memory.h).
 #include "memory.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -116,11 +118,33 @@ void set_cache_limit(size_t bytes) {
   if (cached_bytes() > bytes) trim_cache();
 }
 
-Storage* storage_new(size_t bytes) {
-  void* p = host_alloc(bytes);
-  Storage* s = new (std::nothrow) Storage{p, bytes, {1}};
+static const DeviceHooks*& hooks_slot(int32_t device) {
+  static const DeviceHooks* slots[4] = {};
+  return slots[device & 3];
+}
+
+void set_device_hooks(int32_t device, const DeviceHooks* hooks) {
+  if (device > kHostDevice && device < 4) hooks_slot(device) = hooks;
+}
+
+const DeviceHooks* device_hooks(int32_t device) {
+  return device > kHostDevice && device < 4 ? hooks_slot(device) : nullptr;
+}
+
+static const DeviceHooks& require_hooks(int32_t device) {
+  const DeviceHooks* h = device_hooks(device);
+  if (!h)
+    throw Error(ErrorKind::generic, device == kCudaDevice ? "this build of metaformer has no CUDA support"
+                                                          : "unknown device " + std::to_string(device));
+  return *h;
+}
+
+Storage* storage_new(size_t bytes, int32_t device) {
+  void* p = device == kHostDevice ? host_alloc(bytes) : require_hooks(device).alloc(bytes);
+  Storage* s = new (std::nothrow) Storage{p, bytes, {1}, device};
   if (!s) {
-    host_free(p, bytes);
+    if (device == kHostDevice) host_free(p, bytes);
+    else require_hooks(device).release(p, bytes);
     throw Error(ErrorKind::range, "out of memory");
   }
   return s;
@@ -130,9 +154,22 @@ void storage_retain(Storage* s) { s->refs.fetch_add(1, std::memory_order_relaxed
 
 void storage_release(Storage* s) {
   if (s->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    host_free(s->ptr, s->bytes);
+    if (s->device == kHostDevice) host_free(s->ptr, s->bytes);
+    else if (const DeviceHooks* h = device_hooks(s->device)) h->release(s->ptr, s->bytes);
     delete s;
   }
+}
+
+void storage_copy(Storage* dst, const Storage* src, size_t bytes) {
+  if (bytes > dst->bytes || bytes > src->bytes)
+    throw Error(ErrorKind::range, "copy: expected at most " + std::to_string(std::min(dst->bytes, src->bytes)) +
+                                      " bytes but received " + std::to_string(bytes));
+  if (dst->device == kHostDevice && src->device == kHostDevice) {
+    if (bytes) std::memmove(dst->ptr, src->ptr, bytes);
+    return;
+  }
+  int32_t dev = dst->device != kHostDevice ? dst->device : src->device;
+  require_hooks(dev).copy(dst->ptr, dst->device, src->ptr, src->device, bytes);
 }
 
 }  // namespace mf

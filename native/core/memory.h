@@ -21,15 +21,32 @@ size_t peak_bytes();     // high-water mark of live_bytes() since the last reset
 void reset_peak();
 void set_cache_limit(size_t bytes);
 
+// Where a storage's memory lives. Device memory is allocated through hooks that a device module
+// installs (cuda/device.cu for kCudaDevice), so core never includes a device runtime's headers.
+constexpr int32_t kHostDevice = 0;
+constexpr int32_t kCudaDevice = 1;
+
+struct DeviceHooks {
+  void* (*alloc)(size_t bytes);              // throws mf::Error (range) when out of memory
+  void (*release)(void* p, size_t bytes);    // never throws
+  // Synchronous copy between host memory (device 0) and this device, or within this device.
+  void (*copy)(void* dst, int32_t dst_device, const void* src, int32_t src_device, size_t bytes);
+};
+void set_device_hooks(int32_t device, const DeviceHooks* hooks);
+const DeviceHooks* device_hooks(int32_t device);  // null when this build has no such device
+
 // A block of memory shared by tensors, plans and async work. Starts with one reference.
 struct Storage {
   void* ptr;
   size_t bytes;
   std::atomic<int32_t> refs;
+  int32_t device;  // kHostDevice or kCudaDevice
 };
 
-Storage* storage_new(size_t bytes);  // uninitialised contents
+Storage* storage_new(size_t bytes, int32_t device = kHostDevice);  // uninitialised contents
 void storage_retain(Storage* s);
 void storage_release(Storage* s);    // frees the memory when the last reference goes
+// Copies `bytes` from src to dst, on any devices (synchronous).
+void storage_copy(Storage* dst, const Storage* src, size_t bytes);
 
 }  // namespace mf

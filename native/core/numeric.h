@@ -5,6 +5,13 @@
 #include <cstdint>
 #include <cstring>
 
+// The dropout RNG below is also compiled for CUDA devices, so every backend draws the same masks.
+#if defined(__CUDACC__)
+#define MF_HOST_DEVICE __host__ __device__
+#else
+#define MF_HOST_DEVICE
+#endif
+
 namespace mf {
 
 inline float bf16_to_f32(uint16_t h) {
@@ -70,7 +77,7 @@ inline uint16_t f32_to_f16(float f) {
 }
 
 // splitmix64: a strong 64-bit mix; the dropout mask of element group g is u(seed, offset + g).
-inline uint64_t mix64(uint64_t z) {
+MF_HOST_DEVICE inline uint64_t mix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -78,7 +85,7 @@ inline uint64_t mix64(uint64_t z) {
 }
 
 // Uniform in [0, 1) with 24 random bits (exact in float32).
-inline float uniform01(uint64_t seed, uint64_t index) {
+MF_HOST_DEVICE inline float uniform01(uint64_t seed, uint64_t index) {
   uint64_t r = mix64(mix64(seed) ^ index);
   return static_cast<float>(r >> 40) * (1.0f / 16777216.0f);
 }

@@ -23,6 +23,7 @@ struct TensorView {
   DType dtype = DType::f32;
   int ndim = 0;
   int64_t shape[kMaxDims] = {0};
+  int32_t device = 0;  // where data lives: 0 host, 1 CUDA device (see memory.h)
 
   bool present() const { return data != nullptr; }
   int64_t numel() const {
