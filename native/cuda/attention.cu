@@ -1,0 +1,462 @@
+// cuda/attention.cu: fused multi-head self-attention on a packed qkv projection, forward and backward.
+//   qkv[b, n, which * A + h * hd + d]  (which: 0 q, 1 k, 2 v; A = heads * hd)
+//   S = scale q k^T,  P = softmax_rows(S),  o[b, n, h * hd + d] = (P v)[n, d],  lse[b, h, n] = logsumexp_rows(S)
+// Backward (recomputes P = exp(S - lse), as the reference does):
+//   D_n = sum_d do[n, d] o[n, d],  dP = do v^T,  dS = P (dP - D),  dq = scale dS k,  dk = scale dS^T q,  dv = P^T do
+//
+// head_dim 32 (every MetaFormer attention) has the fast kernels: one thread per query (forward, dq) or
+// per key (dk, dv) holding its 32-wide rows in registers; the other side's rows stream through shared
+// memory in chunks of 64, read as broadcasts. The forward is an online softmax (running max and sum in
+// registers, rescaled once per 16 keys), so no N x N matrix ever exists in memory; scores use exp2 with
+// q pre-multiplied by scale * log2(e). The backward is two kernels without atomics (deterministic): dq
+// (which also writes D) and then dk/dv. Other head sizes use direct kernels (correct, not tuned).
+#include <cmath>
+
+#include "cuda_common.h"
+
+namespace mf::cuda {
+namespace {
+
+constexpr int HD = 32;       // the fast path's head_dim
+constexpr int CH = 64;       // keys (or queries) per shared-memory chunk
+constexpr int SUB = 16;      // keys per online-softmax rescale
+constexpr int MAX_T = 128;   // threads per block
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Geo {
+  int N, A, heads;
+  int64_t row;  // 3 * A, the qkv row stride
+};
+
+__device__ __forceinline__ void load_row32(const float* __restrict__ p, float (&r)[HD], float mul) {
+  const float4* p4 = reinterpret_cast<const float4*>(p);
+#pragma unroll
+  for (int i = 0; i < HD / 4; ++i) {
+    float4 v = p4[i];
+    r[4 * i] = v.x * mul;
+    r[4 * i + 1] = v.y * mul;
+    r[4 * i + 2] = v.z * mul;
+    r[4 * i + 3] = v.w * mul;
+  }
+}
+
+__device__ __forceinline__ void store_row32(float* __restrict__ p, const float (&r)[HD], float mul) {
+  float4* p4 = reinterpret_cast<float4*>(p);
+#pragma unroll
+  for (int i = 0; i < HD / 4; ++i) p4[i] = make_float4(r[4 * i] * mul, r[4 * i + 1] * mul, r[4 * i + 2] * mul, r[4 * i + 3] * mul);
+}
+
+// Four partial sums: four independent FMA chains instead of one 32-long chain.
+__device__ __forceinline__ float dot32(const float (&a)[HD], const float4* __restrict__ s) {
+  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma unroll
+  for (int i = 0; i < HD / 4; ++i) {
+    float4 v = s[i];
+    a0 = fmaf(a[4 * i], v.x, a0);
+    a1 = fmaf(a[4 * i + 1], v.y, a1);
+    a2 = fmaf(a[4 * i + 2], v.z, a2);
+    a3 = fmaf(a[4 * i + 3], v.w, a3);
+  }
+  return (a0 + a1) + (a2 + a3);
+}
+
+__device__ __forceinline__ void axpy32(float (&acc)[HD], float p, const float4* __restrict__ s) {
+#pragma unroll
+  for (int i = 0; i < HD / 4; ++i) {
+    float4 v = s[i];
+    acc[4 * i] = fmaf(p, v.x, acc[4 * i]);
+    acc[4 * i + 1] = fmaf(p, v.y, acc[4 * i + 1]);
+    acc[4 * i + 2] = fmaf(p, v.z, acc[4 * i + 2]);
+    acc[4 * i + 3] = fmaf(p, v.w, acc[4 * i + 3]);
+  }
+}
+
+// Stages rows [r0, r0 + CH) of two 32-wide column blocks of a [N, ld] matrix set into shared memory
+// (zeros past N). off_a / off_b: column offsets of the two blocks. mul_a scales block a.
+__device__ __forceinline__ void stage_pair(const float* __restrict__ base, int64_t ld, int N, int r0, int64_t off_a,
+                                           int64_t off_b, float mul_a, float4 (*sa)[HD / 4], float4 (*sb)[HD / 4]) {
+  for (int idx = threadIdx.x; idx < CH * (HD / 4); idx += blockDim.x) {
+    int r = idx / (HD / 4), part = idx % (HD / 4);
+    int m = r0 + r;
+    float4 va = make_float4(0.f, 0.f, 0.f, 0.f), vb = va;
+    if (m < N) {
+      const float* rowp = base + static_cast<int64_t>(m) * ld;
+      va = reinterpret_cast<const float4*>(rowp + off_a)[part];
+      vb = reinterpret_cast<const float4*>(rowp + off_b)[part];
+      va.x *= mul_a;
+      va.y *= mul_a;
+      va.z *= mul_a;
+      va.w *= mul_a;
+    }
+    sa[r][part] = va;
+    sb[r][part] = vb;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// head_dim 32 kernels. grid: x = query (or key) blocks, y = heads, z = batch.
+
+__global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
+                                                           float* __restrict__ out,        // [B, N, A]
+                                                           float* __restrict__ lse,        // [B, heads, N] or null
+                                                           Geo g, float qmul) {            // qmul = scale * log2(e)
+  __shared__ float4 sK[CH][HD / 4];
+  __shared__ float4 sV[CH][HD / 4];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  const float* base = qkv + b * g.N * g.row;
+  const bool active = n < g.N;
+
+  float q[HD], acc[HD];
+  if (active) load_row32(base + n * g.row + h * HD, q, qmul);
+#pragma unroll
+  for (int d = 0; d < HD; ++d) acc[d] = 0.0f;
+  float mx = -INFINITY, l = 0.0f;
+
+  for (int k0 = 0; k0 < g.N; k0 += CH) {
+    __syncthreads();
+    stage_pair(base, g.row, g.N, k0, g.A + h * HD, 2 * g.A + h * HD, 1.0f, sK, sV);
+    __syncthreads();
+    if (!active) continue;
+    const int kn = min(CH, g.N - k0);
+    for (int s0 = 0; s0 < kn; s0 += SUB) {
+      float sc[SUB];
+      float m_new = mx;
+#pragma unroll
+      for (int t = 0; t < SUB; ++t) {
+        sc[t] = s0 + t < kn ? dot32(q, sK[s0 + t]) : -INFINITY;
+        m_new = fmaxf(m_new, sc[t]);
+      }
+      const float corr = exp2f(mx - m_new);  // 0 on the first sub-block (mx = -inf)
+      l *= corr;
+#pragma unroll
+      for (int d = 0; d < HD; ++d) acc[d] *= corr;
+#pragma unroll
+      for (int t = 0; t < SUB; ++t) {
+        const float p = exp2f(sc[t] - m_new);  // 0 for the padding keys
+        l += p;
+        axpy32(acc, p, sV[s0 + t]);
+      }
+      mx = m_new;
+    }
+  }
+  if (active) {
+    store_row32(out + (b * g.N + n) * g.A + h * HD, acc, 1.0f / l);
+    if (lse) lse[(b * g.heads + h) * g.N + n] = mx * kLn2 + logf(l);
+  }
+}
+
+// dq for one query per thread; also writes D[b, h, n] = do . o for the dk/dv kernel.
+__global__ void __launch_bounds__(MAX_T) attn32_bwd_dq_kernel(const float* __restrict__ dout,  // [B, N, A]
+                                                              const float* __restrict__ qkv,   // [B, N, 3A]
+                                                              const float* __restrict__ o,     // [B, N, A]
+                                                              const float* __restrict__ lse,   // [B, heads, N]
+                                                              float* __restrict__ dqkv,        // [B, N, 3A]
+                                                              float* __restrict__ Dbuf,        // [B, heads, N]
+                                                              Geo g, float qmul, float scale) {
+  __shared__ float4 sK[CH][HD / 4];
+  __shared__ float4 sV[CH][HD / 4];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  const float* base = qkv + b * g.N * g.row;
+  const bool active = n < g.N;
+
+  float q[HD], dq[HD], dor[HD];
+  float D = 0.0f, l2 = 0.0f;
+  if (active) {
+    load_row32(base + n * g.row + h * HD, q, qmul);
+    load_row32(dout + (b * g.N + n) * g.A + h * HD, dor, 1.0f);
+    float orow[HD];
+    load_row32(o + (b * g.N + n) * g.A + h * HD, orow, 1.0f);
+#pragma unroll
+    for (int d = 0; d < HD; ++d) D = fmaf(dor[d], orow[d], D);
+    l2 = lse[(b * g.heads + h) * g.N + n] * kLog2e;
+    Dbuf[(b * g.heads + h) * g.N + n] = D;
+  }
+#pragma unroll
+  for (int d = 0; d < HD; ++d) dq[d] = 0.0f;
+
+  for (int k0 = 0; k0 < g.N; k0 += CH) {
+    __syncthreads();
+    stage_pair(base, g.row, g.N, k0, g.A + h * HD, 2 * g.A + h * HD, 1.0f, sK, sV);
+    __syncthreads();
+    if (!active) continue;
+    const int kn = min(CH, g.N - k0);
+    for (int t = 0; t < kn; ++t) {
+      const float p = exp2f(dot32(q, sK[t]) - l2);
+      const float dp = dot32(dor, sV[t]);
+      axpy32(dq, p * (dp - D), sK[t]);
+    }
+  }
+  if (active) store_row32(dqkv + (b * g.N + n) * g.row + h * HD, dq, scale);
+}
+
+// dk and dv for one key per thread; queries (pre-scaled by scale*log2e), do, lse and D stream through
+// shared memory.
+__global__ void __launch_bounds__(MAX_T) attn32_bwd_dkv_kernel(const float* __restrict__ dout,  // [B, N, A]
+                                                               const float* __restrict__ qkv,   // [B, N, 3A]
+                                                               const float* __restrict__ lse,   // [B, heads, N]
+                                                               const float* __restrict__ Dbuf,  // [B, heads, N]
+                                                               float* __restrict__ dqkv,        // [B, N, 3A]
+                                                               Geo g, float qmul) {
+  __shared__ float4 sQ[CH][HD / 4];
+  __shared__ float4 sDO[CH][HD / 4];
+  __shared__ float sL[CH], sD[CH];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int m = blockIdx.x * blockDim.x + threadIdx.x;
+  const float* base = qkv + b * g.N * g.row;
+  const float* dbase = dout + b * g.N * g.A;
+  const bool active = m < g.N;
+
+  float k[HD], v[HD], dk[HD], dv[HD];
+  if (active) {
+    load_row32(base + m * g.row + g.A + h * HD, k, 1.0f);
+    load_row32(base + m * g.row + 2 * g.A + h * HD, v, 1.0f);
+  }
+#pragma unroll
+  for (int d = 0; d < HD; ++d) {
+    dk[d] = 0.0f;
+    dv[d] = 0.0f;
+  }
+  for (int n0 = 0; n0 < g.N; n0 += CH) {
+    __syncthreads();
+    // q rows (scaled) from qkv, do rows from dout: different row strides, so stage separately.
+    for (int idx = threadIdx.x; idx < CH * (HD / 4); idx += blockDim.x) {
+      int r = idx / (HD / 4), part = idx % (HD / 4), n = n0 + r;
+      float4 vq = make_float4(0.f, 0.f, 0.f, 0.f), vd = vq;
+      if (n < g.N) {
+        vq = reinterpret_cast<const float4*>(base + static_cast<int64_t>(n) * g.row + h * HD)[part];
+        vd = reinterpret_cast<const float4*>(dbase + static_cast<int64_t>(n) * g.A + h * HD)[part];
+        vq.x *= qmul;
+        vq.y *= qmul;
+        vq.z *= qmul;
+        vq.w *= qmul;
+      }
+      sQ[r][part] = vq;
+      sDO[r][part] = vd;
+    }
+    for (int r = threadIdx.x; r < CH; r += blockDim.x) {
+      int n = n0 + r;
+      sL[r] = n < g.N ? lse[(b * g.heads + h) * g.N + n] * kLog2e : INFINITY;  // p = 0 past N
+      sD[r] = n < g.N ? Dbuf[(b * g.heads + h) * g.N + n] : 0.0f;
+    }
+    __syncthreads();
+    if (!active) continue;
+    const int qn = min(CH, g.N - n0);
+    for (int t = 0; t < qn; ++t) {
+      const float p = exp2f(dot32(k, sQ[t]) - sL[t]);
+      axpy32(dv, p, sDO[t]);
+      const float dp = dot32(v, sDO[t]);
+      axpy32(dk, p * (dp - sD[t]), sQ[t]);
+    }
+  }
+  if (active) {
+    float* drow = dqkv + (b * g.N + m) * g.row;
+    store_row32(drow + g.A + h * HD, dk, 1.0f / kLog2e);  // sQ held scale*log2e*q; dk = scale dS^T q
+    store_row32(drow + 2 * g.A + h * HD, dv, 1.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Any head_dim: one thread per (b, h, query) or (b, h, key), reading global memory directly.
+
+__global__ void attn_any_fwd_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
+                                    float* __restrict__ out,        // [B, N, A]
+                                    float* __restrict__ lse,        // [B, heads, N] or null
+                                    int64_t B, Geo g, int hd, float scale) {
+  int64_t total = B * g.heads * g.N;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int n = static_cast<int>(e % g.N);
+    int h = static_cast<int>((e / g.N) % g.heads);
+    int64_t b = e / (static_cast<int64_t>(g.N) * g.heads);
+    const float* base = qkv + b * g.N * g.row;
+    const float* q = base + n * g.row + h * hd;
+    float mx = -INFINITY;
+    for (int m = 0; m < g.N; ++m) {
+      const float* k = base + m * g.row + g.A + h * hd;
+      float s = 0.0f;
+      for (int d = 0; d < hd; ++d) s = fmaf(q[d], k[d], s);
+      mx = fmaxf(mx, s * scale);
+    }
+    float l = 0.0f;
+    for (int m = 0; m < g.N; ++m) {
+      const float* k = base + m * g.row + g.A + h * hd;
+      float s = 0.0f;
+      for (int d = 0; d < hd; ++d) s = fmaf(q[d], k[d], s);
+      l += expf(s * scale - mx);
+    }
+    float* o = out + (b * g.N + n) * g.A + h * hd;
+    for (int d = 0; d < hd; ++d) o[d] = 0.0f;
+    for (int m = 0; m < g.N; ++m) {
+      const float* k = base + m * g.row + g.A + h * hd;
+      const float* v = base + m * g.row + 2 * g.A + h * hd;
+      float s = 0.0f;
+      for (int d = 0; d < hd; ++d) s = fmaf(q[d], k[d], s);
+      float p = expf(s * scale - mx) / l;
+      for (int d = 0; d < hd; ++d) o[d] = fmaf(p, v[d], o[d]);
+    }
+    if (lse) lse[(b * g.heads + h) * g.N + n] = mx + logf(l);
+  }
+}
+
+__global__ void attn_any_bwd_dq_kernel(const float* __restrict__ dout,  // [B, N, A]
+                                       const float* __restrict__ qkv,   // [B, N, 3A]
+                                       const float* __restrict__ o,     // [B, N, A]
+                                       const float* __restrict__ lse,   // [B, heads, N]
+                                       float* __restrict__ dqkv,        // [B, N, 3A]
+                                       float* __restrict__ Dbuf,        // [B, heads, N]
+                                       int64_t B, Geo g, int hd, float scale) {
+  int64_t total = B * g.heads * g.N;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int n = static_cast<int>(e % g.N);
+    int h = static_cast<int>((e / g.N) % g.heads);
+    int64_t b = e / (static_cast<int64_t>(g.N) * g.heads);
+    const float* base = qkv + b * g.N * g.row;
+    const float* q = base + n * g.row + h * hd;
+    const float* dor = dout + (b * g.N + n) * g.A + h * hd;
+    const float* orow = o + (b * g.N + n) * g.A + h * hd;
+    float D = 0.0f;
+    for (int d = 0; d < hd; ++d) D = fmaf(dor[d], orow[d], D);
+    Dbuf[(b * g.heads + h) * g.N + n] = D;
+    float L = lse[(b * g.heads + h) * g.N + n];
+    float* dq = dqkv + (b * g.N + n) * g.row + h * hd;
+    for (int d = 0; d < hd; ++d) dq[d] = 0.0f;
+    for (int m = 0; m < g.N; ++m) {
+      const float* k = base + m * g.row + g.A + h * hd;
+      const float* v = base + m * g.row + 2 * g.A + h * hd;
+      float s = 0.0f, dp = 0.0f;
+      for (int d = 0; d < hd; ++d) {
+        s = fmaf(q[d], k[d], s);
+        dp = fmaf(dor[d], v[d], dp);
+      }
+      float ds = expf(s * scale - L) * (dp - D) * scale;
+      for (int d = 0; d < hd; ++d) dq[d] = fmaf(ds, k[d], dq[d]);
+    }
+  }
+}
+
+__global__ void attn_any_bwd_dkv_kernel(const float* __restrict__ dout,  // [B, N, A]
+                                        const float* __restrict__ qkv,   // [B, N, 3A]
+                                        const float* __restrict__ lse,   // [B, heads, N]
+                                        const float* __restrict__ Dbuf,  // [B, heads, N]
+                                        float* __restrict__ dqkv,        // [B, N, 3A]
+                                        int64_t B, Geo g, int hd, float scale) {
+  int64_t total = B * g.heads * g.N;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int m = static_cast<int>(e % g.N);
+    int h = static_cast<int>((e / g.N) % g.heads);
+    int64_t b = e / (static_cast<int64_t>(g.N) * g.heads);
+    const float* base = qkv + b * g.N * g.row;
+    const float* k = base + m * g.row + g.A + h * hd;
+    const float* v = base + m * g.row + 2 * g.A + h * hd;
+    float* dk = dqkv + (b * g.N + m) * g.row + g.A + h * hd;
+    float* dv = dqkv + (b * g.N + m) * g.row + 2 * g.A + h * hd;
+    for (int d = 0; d < hd; ++d) {
+      dk[d] = 0.0f;
+      dv[d] = 0.0f;
+    }
+    for (int n = 0; n < g.N; ++n) {
+      const float* q = base + n * g.row + h * hd;
+      const float* dor = dout + (b * g.N + n) * g.A + h * hd;
+      float s = 0.0f, dp = 0.0f;
+      for (int d = 0; d < hd; ++d) {
+        s = fmaf(q[d], k[d], s);
+        dp = fmaf(dor[d], v[d], dp);
+      }
+      float p = expf(s * scale - lse[(b * g.heads + h) * g.N + n]);
+      float ds = p * (dp - Dbuf[(b * g.heads + h) * g.N + n]) * scale;
+      for (int d = 0; d < hd; ++d) {
+        dv[d] = fmaf(p, dor[d], dv[d]);
+        dk[d] = fmaf(ds, q[d], dk[d]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+Geo geo_of(const TensorView& qkv, int hd) {
+  Geo g{};
+  g.N = static_cast<int>(qkv.shape[1]);
+  g.A = static_cast<int>(qkv.shape[2] / 3);
+  g.heads = g.A / hd;
+  g.row = 3 * static_cast<int64_t>(g.A);
+  return g;
+}
+
+void check_sizes(const TensorView& qkv, const char* what) {
+  if (qkv.shape[1] > (1 << 24) || qkv.shape[2] > (1 << 24))
+    throw Error(ErrorKind::range, std::string("attention: expected fewer than 2^24 tokens and channels for qkv but "
+                                              "received ") + qkv.shape_str() + " (" + what + ")");
+}
+
+struct Launch {
+  dim3 grid, block;
+};
+
+Launch launch_of(int64_t B, const Geo& g, const char* op) {
+  if (B > 65535 || g.heads > 65535)
+    throw Error(ErrorKind::range, std::string(op) + ": expected a batch and head count below 65536 for qkv");
+  int t = g.N >= MAX_T ? MAX_T : ((g.N + 31) / 32) * 32;
+  return Launch{dim3(static_cast<unsigned>(ceil_div(g.N, t)), static_cast<unsigned>(g.heads), static_cast<unsigned>(B)),
+                dim3(static_cast<unsigned>(t))};
+}
+
+void attention_fwd(const OpArgs& a) {
+  const TensorView &qkv = a.in[0], &o = a.out[0], &lse = a.out[1];  // qkv[B,N,3A] o[B,N,A] lse[B,heads,N]?
+  int hd = static_cast<int>(a.attr[0]);
+  float scale = static_cast<float>(a.attr[1]);
+  int64_t B = qkv.shape[0];
+  if (qkv.numel() == 0) return;
+  check_sizes(qkv, "forward");
+  Geo g = geo_of(qkv, hd);
+  float* L = lse.present() ? lse.f() : nullptr;
+  if (hd == HD) {
+    Launch l = launch_of(B, g, "attention");
+    attn32_fwd_kernel<<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
+  } else {
+    attn_any_fwd_kernel<<<grid_for(B * g.heads * g.N, 128), 128, 0, stream()>>>(qkv.f(), o.f(), L, B, g, hd, scale);
+  }
+  after_launch("attention forward");
+}
+
+void attention_bwd(const OpArgs& a) {
+  const TensorView &dout = a.in[0], &qkv = a.in[1], &o = a.in[2], &lse = a.in[3];  // do,o [B,N,A] qkv[B,N,3A]
+  const TensorView& dqkv = a.out[0];                                                // dqkv [B,N,3A]
+  int hd = static_cast<int>(a.attr[0]);
+  float scale = static_cast<float>(a.attr[1]);
+  int64_t B = qkv.shape[0];
+  if (qkv.numel() == 0) return;
+  check_sizes(qkv, "backward");
+  Geo g = geo_of(qkv, hd);
+  Scratch D(static_cast<size_t>(B * g.heads * g.N) * sizeof(float));
+  if (hd == HD) {
+    Launch l = launch_of(B, g, "attention");
+    attn32_bwd_dq_kernel<<<l.grid, l.block, 0, stream()>>>(dout.f(), qkv.f(), o.f(), lse.f(), dqkv.f(), D.as<float>(),
+                                                          g, scale * kLog2e, scale);
+    after_launch("attention backward (dq)");
+    attn32_bwd_dkv_kernel<<<l.grid, l.block, 0, stream()>>>(dout.f(), qkv.f(), lse.f(), D.as<float>(), dqkv.f(), g,
+                                                           scale * kLog2e);
+    after_launch("attention backward (dk, dv)");
+  } else {
+    unsigned grid = grid_for(B * g.heads * g.N, 128);
+    attn_any_bwd_dq_kernel<<<grid, 128, 0, stream()>>>(dout.f(), qkv.f(), o.f(), lse.f(), dqkv.f(), D.as<float>(), B,
+                                                      g, hd, scale);
+    after_launch("attention backward (dq)");
+    attn_any_bwd_dkv_kernel<<<grid, 128, 0, stream()>>>(dout.f(), qkv.f(), lse.f(), D.as<float>(), dqkv.f(), B, g, hd,
+                                                       scale);
+    after_launch("attention backward (dk, dv)");
+  }
+}
+
+}  // namespace
+}  // namespace mf::cuda
+
+MF_REGISTER(cuda, attention, mf::cuda::attention_fwd, mf::cuda::attention_bwd);

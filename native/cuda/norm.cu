@@ -1,0 +1,310 @@
+// cuda/norm.cu: layer normalisation over groups of `group` consecutive elements with a per-channel affine
+// (channel = index % C), forward and backward; group = C is LayerNorm over channels, group = H*W*C the
+// "modified LayerNorm" (GroupNorm with one group).
+//   y = (x - mean) * rstd * w[c] + b[c],  rstd = 1 / sqrt(var + eps), var biased
+//   backward, with xhat = (x - mean) * rstd and g = dy * w[c]:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dw[c] += sum dy * xhat,  db[c] += sum dy
+//
+// Groups of up to kWarpMax elements: one warp per group, two passes over the group (mean, then the
+// centred variance), the row staying in L1. Larger groups (few, long rows): per-chunk partial sums in
+// double over many blocks, then one small kernel per row, then an elementwise pass. dw/db are
+// deterministic column reductions over the [numel / C, C] view.
+#include <cmath>
+
+#include "cuda_common.h"
+
+namespace mf::cuda {
+namespace {
+
+constexpr int64_t kWarpMax = 8192;
+constexpr int kChunk = 4096;  // elements per block in the long-row kernels
+
+// ---- forward, one warp per group ------------------------------------------------------------------
+__global__ void ln_fwd_warp_kernel(const float* __restrict__ x,  // [R, G]
+                                   const float* __restrict__ w,  // [C] or null
+                                   const float* __restrict__ b,  // [C] or null
+                                   float* __restrict__ y,        // [R, G]
+                                   float* __restrict__ mean_out, // [R] or null
+                                   float* __restrict__ rstd_out, // [R] or null
+                                   int64_t R, int G, int C, float eps) {
+  int lane = threadIdx.x & 31;
+  int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < R; r += warps) {
+    const float* xr = x + r * G;
+    float s = 0.0f;
+    for (int i = lane; i < G; i += 32) s += xr[i];
+    const float mean = warp_sum(s) / static_cast<float>(G);
+    float v = 0.0f;
+    for (int i = lane; i < G; i += 32) {
+      float d = xr[i] - mean;
+      v = fmaf(d, d, v);
+    }
+    const float rstd = rsqrtf(warp_sum(v) / static_cast<float>(G) + eps);
+    float* yr = y + r * G;
+    for (int i = lane; i < G; i += 32) {
+      int c = i % C;
+      float t = (xr[i] - mean) * rstd;
+      if (w) t *= w[c];
+      if (b) t += b[c];
+      yr[i] = t;
+    }
+    if (lane == 0) {
+      if (mean_out) mean_out[r] = mean;
+      if (rstd_out) rstd_out[r] = rstd;
+    }
+  }
+}
+
+// ---- long groups: partial sums per chunk -----------------------------------------------------------
+// grid (chunks, R). mode 0: (sum x, sum x^2); mode 1: (sum g, sum g * xhat) with g = dy * w[c].
+__global__ void ln_partials_kernel(const float* __restrict__ x,     // [R, G]
+                                   const float* __restrict__ dy,    // [R, G] (mode 1)
+                                   const float* __restrict__ w,     // [C] or null (mode 1)
+                                   const float* __restrict__ mean,  // [R] (mode 1)
+                                   const float* __restrict__ rstd,  // [R] (mode 1)
+                                   int64_t G, int C, int mode,
+                                   double* __restrict__ part) {  // [R, chunks, 2]
+  __shared__ double red[32];
+  int64_t r = blockIdx.y;
+  int64_t i0 = static_cast<int64_t>(blockIdx.x) * kChunk;
+  int64_t i1 = i0 + kChunk < G ? i0 + kChunk : G;
+  const float* xr = x + r * G;
+  double s1 = 0, s2 = 0;
+  if (mode == 0) {
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+      double v = xr[i];
+      s1 += v;
+      s2 += v * v;
+    }
+  } else {
+    const float* dyr = dy + r * G;
+    double mu = mean[r], rs = rstd[r];
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+      double g = static_cast<double>(dyr[i]) * (w ? static_cast<double>(w[i % C]) : 1.0);
+      s1 += g;
+      s2 += g * ((xr[i] - mu) * rs);
+    }
+  }
+  s1 = block_sum(s1, red);
+  s2 = block_sum(s2, red);
+  if (threadIdx.x == 0) {
+    double* p = part + (r * gridDim.x + blockIdx.x) * 2;
+    p[0] = s1;
+    p[1] = s2;
+  }
+}
+
+// One thread per row: folds the chunk partials. mode 0: mean, rstd; mode 1: mean(g), mean(g * xhat).
+__global__ void ln_finish_kernel(const double* __restrict__ part,  // [R, chunks, 2]
+                                 int64_t R, int chunks, int64_t G, float eps, int mode,
+                                 float* __restrict__ o1, float* __restrict__ o2) {  // [R] each
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < R;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double s1 = 0, s2 = 0;
+    for (int k = 0; k < chunks; ++k) {
+      s1 += part[(r * chunks + k) * 2];
+      s2 += part[(r * chunks + k) * 2 + 1];
+    }
+    double n = static_cast<double>(G);
+    if (mode == 0) {
+      double mu = s1 / n;
+      double var = s2 / n - mu * mu;
+      if (var < 0) var = 0;
+      o1[r] = static_cast<float>(mu);
+      o2[r] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+    } else {
+      o1[r] = static_cast<float>(s1 / n);
+      o2[r] = static_cast<float>(s2 / n);
+    }
+  }
+}
+
+__global__ void ln_apply_kernel(const float* __restrict__ x,     // [R, G]
+                                const float* __restrict__ w,     // [C] or null
+                                const float* __restrict__ b,     // [C] or null
+                                const float* __restrict__ mean,  // [R]
+                                const float* __restrict__ rstd,  // [R]
+                                int64_t total, int64_t G, int C,
+                                float* __restrict__ y) {  // [R, G]
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t r = e / G;
+    int c = static_cast<int>(e % C);
+    float t = (x[e] - mean[r]) * rstd[r];
+    if (w) t *= w[c];
+    if (b) t += b[c];
+    y[e] = t;
+  }
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+__global__ void ln_bwd_dx_warp_kernel(const float* __restrict__ dy,    // [R, G]
+                                      const float* __restrict__ x,     // [R, G]
+                                      const float* __restrict__ w,     // [C] or null
+                                      const float* __restrict__ mean,  // [R]
+                                      const float* __restrict__ rstd,  // [R]
+                                      float* __restrict__ dx,          // [R, G]
+                                      int64_t R, int G, int C) {
+  int lane = threadIdx.x & 31;
+  int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < R; r += warps) {
+    const float *xr = x + r * G, *dyr = dy + r * G;
+    const float mu = mean[r], rs = rstd[r];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int i = lane; i < G; i += 32) {
+      float g = dyr[i] * (w ? w[i % C] : 1.0f);
+      sg += g;
+      sgx = fmaf(g, (xr[i] - mu) * rs, sgx);
+    }
+    sg = warp_sum(sg) / static_cast<float>(G);
+    sgx = warp_sum(sgx) / static_cast<float>(G);
+    float* dxr = dx + r * G;
+    for (int i = lane; i < G; i += 32) {
+      float g = dyr[i] * (w ? w[i % C] : 1.0f);
+      float xhat = (xr[i] - mu) * rs;
+      dxr[i] = rs * (g - sg - xhat * sgx);
+    }
+  }
+}
+
+__global__ void ln_bwd_dx_apply_kernel(const float* __restrict__ dy,    // [R, G]
+                                       const float* __restrict__ x,     // [R, G]
+                                       const float* __restrict__ w,     // [C] or null
+                                       const float* __restrict__ mean,  // [R]
+                                       const float* __restrict__ rstd,  // [R]
+                                       const float* __restrict__ mg,    // [R] mean(g)
+                                       const float* __restrict__ mgx,   // [R] mean(g * xhat)
+                                       int64_t total, int64_t G, int C,
+                                       float* __restrict__ dx) {  // [R, G]
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t r = e / G;
+    float g = dy[e] * (w ? w[e % C] : 1.0f);
+    float xhat = (x[e] - mean[r]) * rstd[r];
+    dx[e] = rstd[r] * (g - mg[r] - xhat * mgx[r]);
+  }
+}
+
+// dw partials over the [T, C] view (T = numel / C): partial[p, c] = sum over rows t of chunk p of
+// dy[t, c] * xhat[t, c]; the group of row t is t / (G / C). Block (32, 8) as in colsum_add.
+__global__ void ln_dw_partial_kernel(const float* __restrict__ dy,    // [T, C]
+                                     const float* __restrict__ x,     // [T, C]
+                                     const float* __restrict__ mean,  // [R]
+                                     const float* __restrict__ rstd,  // [R]
+                                     int64_t T, int C, int64_t rows_per_group, int64_t rows_per_chunk,
+                                     float* __restrict__ partial) {  // [P, C]
+  __shared__ double acc_s[8][33];
+  int tx = threadIdx.x, ty = threadIdx.y;
+  int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + tx;
+  int64_t t0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  int64_t t1 = t0 + rows_per_chunk < T ? t0 + rows_per_chunk : T;
+  double acc = 0;
+  if (c < C)
+    for (int64_t t = t0 + ty; t < t1; t += 8) {
+      int64_t r = t / rows_per_group;
+      acc += static_cast<double>(dy[t * C + c]) * ((x[t * C + c] - mean[r]) * rstd[r]);
+    }
+  acc_s[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && c < C) {
+    double s = 0;
+    for (int i = 0; i < 8; ++i) s += acc_s[i][tx];
+    partial[static_cast<int64_t>(blockIdx.y) * C + c] = static_cast<float>(s);
+  }
+}
+
+struct Dims {
+  int64_t R, G, total;
+  int C;
+};
+
+Dims dims_of(const TensorView& x, const OpArgs& a) {
+  Dims d{};
+  d.G = static_cast<int64_t>(a.attr[1]);
+  d.C = static_cast<int>(x.dim(-1));
+  d.total = x.numel();
+  d.R = d.total / d.G;
+  return d;
+}
+
+// Long-row statistics: mode 0 -> (mean, rstd) of x; mode 1 -> (mean g, mean g*xhat).
+void long_row_stats(const Dims& d, const float* x, const float* dy, const float* w, const float* mean,
+                    const float* rstd, float eps, int mode, float* o1, float* o2, const char* what) {
+  int64_t chunks = ceil_div(d.G, kChunk);
+  if (chunks > 2147483647 || d.R > 65535)
+    throw Error(ErrorKind::range, "layernorm: expected at most 65535 groups of long rows for x");
+  Scratch part(static_cast<size_t>(d.R * chunks * 2) * sizeof(double));
+  ln_partials_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(d.R)), 256, 0, stream()>>>(
+      x, dy, w, mean, rstd, d.G, d.C, mode, part.as<double>());
+  after_launch(what);
+  ln_finish_kernel<<<grid_for(d.R, 128), 128, 0, stream()>>>(part.as<double>(), d.R, static_cast<int>(chunks), d.G,
+                                                            eps, mode, o1, o2);
+  after_launch(what);
+}
+
+void layernorm_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];  // x[R*G] w[C]? b[C]?
+  const TensorView &y = a.out[0], &mo = a.out[1], &ro = a.out[2];  // y like x, mean[R]? rstd[R]?
+  Dims d = dims_of(x, a);
+  if (d.total == 0) return;
+  float eps = static_cast<float>(a.attr[0]);
+  const float* W = w.present() ? w.f() : nullptr;
+  const float* Bs = b.present() ? b.f() : nullptr;
+  if (d.G <= kWarpMax) {
+    ln_fwd_warp_kernel<<<grid_for(d.R * 32, 256), 256, 0, stream()>>>(x.f(), W, Bs, y.f(), mo.present() ? mo.f() : nullptr,
+                                                                      ro.present() ? ro.f() : nullptr, d.R,
+                                                                      static_cast<int>(d.G), d.C, eps);
+    after_launch("layernorm forward");
+    return;
+  }
+  Scratch stats(static_cast<size_t>(2 * d.R) * sizeof(float));
+  float* mean = mo.present() ? mo.f() : stats.as<float>();
+  float* rstd = ro.present() ? ro.f() : stats.as<float>() + d.R;
+  long_row_stats(d, x.f(), nullptr, nullptr, nullptr, nullptr, eps, 0, mean, rstd, "layernorm forward");
+  ln_apply_kernel<<<grid_for(d.total, 256), 256, 0, stream()>>>(x.f(), W, Bs, mean, rstd, d.total, d.G, d.C, y.f());
+  after_launch("layernorm forward");
+}
+
+void layernorm_bwd(const OpArgs& a) {
+  const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2], &mean = a.in[3], &rstd = a.in[4];  // mean,rstd [R]
+  const TensorView &dx = a.out[0], &dw = a.out[1], &db = a.out[2];  // dx like x, dw[C]?, db[C]?
+  Dims d = dims_of(x, a);
+  if (d.total == 0) return;
+  const float* W = w.present() ? w.f() : nullptr;
+  if (dx.present()) {
+    if (d.G <= kWarpMax) {
+      ln_bwd_dx_warp_kernel<<<grid_for(d.R * 32, 256), 256, 0, stream()>>>(dy.f(), x.f(), W, mean.f(), rstd.f(), dx.f(),
+                                                                           d.R, static_cast<int>(d.G), d.C);
+      after_launch("layernorm backward (dx)");
+    } else {
+      Scratch s(static_cast<size_t>(2 * d.R) * sizeof(float));
+      float *mg = s.as<float>(), *mgx = s.as<float>() + d.R;
+      long_row_stats(d, x.f(), dy.f(), W, mean.f(), rstd.f(), 0.0f, 1, mg, mgx, "layernorm backward (dx)");
+      ln_bwd_dx_apply_kernel<<<grid_for(d.total, 256), 256, 0, stream()>>>(dy.f(), x.f(), W, mean.f(), rstd.f(), mg,
+                                                                           mgx, d.total, d.G, d.C, dx.f());
+      after_launch("layernorm backward (dx)");
+    }
+  }
+  int64_t T = d.total / d.C;
+  if (dw.present()) {
+    int64_t ctiles = ceil_div(d.C, 32);
+    int64_t P = ceil_div(static_cast<int64_t>(sm_count()) * 4, ctiles);
+    int64_t max_p = ceil_div(T, 64);
+    if (P > max_p) P = max_p;
+    if (P > 65535) P = 65535;
+    if (P < 1) P = 1;
+    int64_t rows_per_chunk = ceil_div(T, P);
+    P = ceil_div(T, rows_per_chunk);
+    Scratch partial(static_cast<size_t>(P * d.C) * sizeof(float));
+    ln_dw_partial_kernel<<<dim3(static_cast<unsigned>(ctiles), static_cast<unsigned>(P)), dim3(32, 8), 0, stream()>>>(
+        dy.f(), x.f(), mean.f(), rstd.f(), T, d.C, d.G / d.C, rows_per_chunk, partial.as<float>());
+    after_launch("layernorm backward (dw)");
+    add_partials(partial.as<float>(), P, d.C, dw.f());
+  }
+  if (db.present()) colsum_add(dy.f(), nullptr, T, d.C, db.f());
+}
+
+}  // namespace
+}  // namespace mf::cuda
+
+MF_REGISTER(cuda, layernorm, mf::cuda::layernorm_fwd, mf::cuda::layernorm_bwd);
