@@ -1,0 +1,264 @@
+// cpu/eltwise.cpp: the memory-bound ops, parallel over rows/chunks, inner loops vectorised by the
+// compiler (AVX2): StarReLU/SquaredReLU, the residual step scale_add, the H,W mean, the pooling mixer,
+// dropout / drop path, and the utilities axpy, scale, lerp, fill, sumsq.
+// Reductions (parameter gradients) are summed per thread, then across threads in double.
+#include <cmath>
+#include <vector>
+
+#include "../core/numeric.h"
+#include "cpu.h"
+
+namespace mf::cpu {
+namespace {
+
+constexpr int64_t kChunk = 4096;  // elements per parallel task for streaming ops
+
+// Runs fn(begin, end, thread) over [0, n) and returns per-thread partial results of width `width`.
+template <typename F>
+std::vector<double> reduce_parallel(int64_t n, int64_t width, F&& fn) {
+  int nt = num_threads();
+  std::vector<double> part(static_cast<size_t>(nt * width), 0.0);
+  parallel_for(n, kChunk, [&](int64_t i0, int64_t i1) { fn(i0, i1, part.data() + omp_get_thread_num() * width); });
+  return part;
+}
+
+double total(const std::vector<double>& part, int64_t width, int64_t k) {
+  double s = 0;
+  for (size_t i = static_cast<size_t>(k); i < part.size(); i += static_cast<size_t>(width)) s += part[i];
+  return s;
+}
+
+// --- StarReLU ------------------------------------------------------------------------------------
+
+void starrelu_fwd(const OpArgs& a) {
+  const float* X = a.in[0].f();
+  float* Y = a.out[0].f();
+  float s = a.in[1].present() ? a.in[1].f()[0] : 1.0f, b = a.in[2].present() ? a.in[2].f()[0] : 0.0f;
+  parallel_for(a.in[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float r = X[i] > 0.0f ? X[i] : 0.0f;
+      Y[i] = s * (r * r) + b;
+    }
+  });
+}
+
+void starrelu_bwd(const OpArgs& a) {
+  const float *DY = a.in[0].f(), *X = a.in[1].f();
+  float s = a.in[2].present() ? a.in[2].f()[0] : 1.0f;
+  float* DX = a.out[0].present() ? a.out[0].f() : nullptr;
+  bool want = a.out[1].present() || a.out[2].present();
+  auto part = reduce_parallel(a.in[1].numel(), 2, [&](int64_t i0, int64_t i1, double* acc) {
+    double ds = 0, db = 0;  // these sums cancel heavily: accumulate in double
+    for (int64_t i = i0; i < i1; ++i) {
+      float r = X[i] > 0.0f ? X[i] : 0.0f;
+      if (DX) DX[i] = DY[i] * (2.0f * s * r);
+      if (want) {
+        ds += static_cast<double>(DY[i]) * (r * r);
+        db += DY[i];
+      }
+    }
+    acc[0] += ds;
+    acc[1] += db;
+  });
+  if (a.out[1].present()) a.out[1].f()[0] += static_cast<float>(total(part, 2, 0));
+  if (a.out[2].present()) a.out[2].f()[0] += static_cast<float>(total(part, 2, 1));
+}
+
+// --- residual ------------------------------------------------------------------------------------
+
+void scale_add_fwd(const OpArgs& a) {
+  const TensorView& x = a.in[0];
+  int64_t C = x.dim(-1), rows = x.rows();
+  const float *X = x.f(), *S = a.in[1].present() ? a.in[1].f() : nullptr, *R = a.in[2].present() ? a.in[2].f() : nullptr;
+  float* Y = a.out[0].f();
+  parallel_for(rows, std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *xr = X + r * C, *rr = R ? R + r * C : nullptr;
+      float* yr = Y + r * C;
+      if (S && rr)
+        for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * S[c] + rr[c];
+      else if (S)
+        for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * S[c];
+      else if (rr)
+        for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] + rr[c];
+      else
+        std::memcpy(yr, xr, sizeof(float) * static_cast<size_t>(C));
+    }
+  });
+}
+
+void scale_add_bwd(const OpArgs& a) {
+  const TensorView& x = a.in[1];
+  int64_t C = x.dim(-1), rows = x.rows();
+  const float *DY = a.in[0].f(), *X = x.f(), *S = a.in[2].present() ? a.in[2].f() : nullptr;
+  float *DX = a.out[0].present() ? a.out[0].f() : nullptr, *DS = a.out[1].present() ? a.out[1].f() : nullptr;
+  float* DR = a.out[2].present() ? a.out[2].f() : nullptr;
+  int nt = num_threads();
+  std::vector<double> part(DS ? static_cast<size_t>(nt * C) : 0, 0.0);
+  parallel_for(rows, std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+    double* ds = DS ? part.data() + omp_get_thread_num() * C : nullptr;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *dy = DY + r * C, *xr = X + r * C;
+      if (DX) {
+        float* dx = DX + r * C;
+        if (S)
+          for (int64_t c = 0; c < C; ++c) dx[c] = dy[c] * S[c];
+        else
+          std::memcpy(dx, dy, sizeof(float) * static_cast<size_t>(C));
+      }
+      if (DR) std::memcpy(DR + r * C, dy, sizeof(float) * static_cast<size_t>(C));
+      if (ds)
+        for (int64_t c = 0; c < C; ++c) ds[c] += static_cast<double>(dy[c]) * xr[c];
+    }
+  });
+  if (DS)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int t = 0; t < nt; ++t) s += part[static_cast<size_t>(t * C + c)];
+      DS[c] += static_cast<float>(s);
+    }
+}
+
+void mean_hw_fwd(const OpArgs& a) {
+  const TensorView& x = a.in[0];
+  int64_t B = x.shape[0], C = x.dim(-1), N = x.numel() / std::max<int64_t>(1, B * C);
+  const float* X = x.f();
+  float* Y = a.out[0].f();
+  parallel_for(B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> acc(static_cast<size_t>(C));
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += X[(b * N + n) * C + c];
+      for (int64_t c = 0; c < C; ++c) Y[b * C + c] = static_cast<float>(acc[static_cast<size_t>(c)] / static_cast<double>(N));
+    }
+  });
+}
+
+void mean_hw_bwd(const OpArgs& a) {
+  const TensorView& dx = a.out[0];
+  int64_t B = dx.shape[0], C = dx.dim(-1), N = dx.numel() / std::max<int64_t>(1, B * C);
+  const float* DY = a.in[0].f();
+  float* DX = dx.f();
+  float inv = 1.0f / static_cast<float>(N);
+  parallel_for(B * N, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* dy = DY + (r / N) * C;
+      for (int64_t c = 0; c < C; ++c) DX[r * C + c] = dy[c] * inv;
+    }
+  });
+}
+
+// --- pooling mixer -------------------------------------------------------------------------------
+
+inline int64_t taps(int64_t i, int64_t n) { return (i > 0) + 1 + (i + 1 < n); }
+
+// out = avg3x3(in) - in  (forward), or  out = sum_q in[q] / count(q) - in  (backward, scale_by_source)
+void pool_apply(const TensorView& t, const float* IN, float* OUT, bool scale_by_source) {
+  int64_t B = t.shape[0], H = t.shape[1], W = t.shape[2], C = t.shape[3];
+  parallel_for(B * H, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> acc(static_cast<size_t>(C));
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t b = r / H, h = r % H;
+      for (int64_t w = 0; w < W; ++w) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t i = std::max<int64_t>(h - 1, 0); i <= std::min(h + 1, H - 1); ++i)
+          for (int64_t j = std::max<int64_t>(w - 1, 0); j <= std::min(w + 1, W - 1); ++j) {
+            const float* src = IN + ((b * H + i) * W + j) * C;
+            float k = scale_by_source ? 1.0f / static_cast<float>(taps(i, H) * taps(j, W)) : 1.0f;
+            for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += src[c] * k;
+          }
+        float k = scale_by_source ? 1.0f : 1.0f / static_cast<float>(taps(h, H) * taps(w, W));
+        const float* self = IN + ((b * H + h) * W + w) * C;
+        float* dst = OUT + ((b * H + h) * W + w) * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = acc[static_cast<size_t>(c)] * k - self[c];
+      }
+    }
+  });
+}
+
+void pool_fwd(const OpArgs& a) { pool_apply(a.in[0], a.in[0].f(), a.out[0].f(), false); }
+void pool_bwd(const OpArgs& a) { pool_apply(a.in[0], a.in[0].f(), a.out[0].f(), true); }
+
+// --- dropout -------------------------------------------------------------------------------------
+
+void dropout_apply(const OpArgs& a) {
+  float p = static_cast<float>(a.attr[0]);
+  int64_t group = static_cast<int64_t>(a.attr[1]);
+  uint64_t seed = static_cast<uint64_t>(a.attr[2]), offset = static_cast<uint64_t>(a.attr[3]);
+  float scale = static_cast<float>(1.0 / (1.0 - a.attr[0]));
+  const float* X = a.in[0].f();
+  float* Y = a.out[0].f();
+  int64_t groups = a.in[0].numel() / group;
+  parallel_for(groups, std::max<int64_t>(1, kChunk / group), [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      bool keep = uniform01(seed, offset + static_cast<uint64_t>(g)) >= p;
+      float k = keep ? scale : 0.0f;
+      for (int64_t i = g * group; i < (g + 1) * group; ++i) Y[i] = keep ? X[i] * k : 0.0f;
+    }
+  });
+}
+
+// --- utilities -----------------------------------------------------------------------------------
+
+void axpy_fwd(const OpArgs& a) {
+  float alpha = static_cast<float>(a.attr[0]);
+  const float* X = a.in[0].f();
+  float* Y = a.out[0].f();
+  parallel_for(a.out[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) Y[i] += alpha * X[i];
+  });
+}
+
+void scale_fwd(const OpArgs& a) {
+  float alpha = static_cast<float>(a.attr[0]);
+  float* Y = a.out[0].f();
+  parallel_for(a.out[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) Y[i] *= alpha;
+  });
+}
+
+void lerp_fwd(const OpArgs& a) {
+  float wgt = static_cast<float>(a.attr[0]);
+  const float* X = a.in[0].f();
+  float* Y = a.out[0].f();
+  parallel_for(a.out[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) Y[i] += wgt * (X[i] - Y[i]);
+  });
+}
+
+void fill_fwd(const OpArgs& a) {
+  float v = static_cast<float>(a.attr[0]);
+  float* Y = a.out[0].f();
+  parallel_for(a.out[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) Y[i] = v;
+  });
+}
+
+void sumsq_fwd(const OpArgs& a) {
+  const float* X = a.in[0].f();
+  auto part = reduce_parallel(a.in[0].numel(), 1, [&](int64_t i0, int64_t i1, double* acc) {
+    double s = 0;
+    for (int64_t i0b = i0; i0b < i1; i0b += 1024) {  // float blocks, double across blocks
+      float f = 0;
+      for (int64_t i = i0b; i < std::min(i1, i0b + 1024); ++i) f += X[i] * X[i];
+      s += f;
+    }
+    acc[0] += s;
+  });
+  a.out[0].as<double>()[0] = total(part, 1, 0);
+}
+
+}  // namespace
+}  // namespace mf::cpu
+
+MF_REGISTER(cpu, starrelu, mf::cpu::starrelu_fwd, mf::cpu::starrelu_bwd);
+MF_REGISTER(cpu, scale_add, mf::cpu::scale_add_fwd, mf::cpu::scale_add_bwd);
+MF_REGISTER(cpu, mean_hw, mf::cpu::mean_hw_fwd, mf::cpu::mean_hw_bwd);
+MF_REGISTER(cpu, pool, mf::cpu::pool_fwd, mf::cpu::pool_bwd);
+MF_REGISTER(cpu, dropout, mf::cpu::dropout_apply, mf::cpu::dropout_apply);
+MF_REGISTER(cpu, axpy, mf::cpu::axpy_fwd, nullptr);
+MF_REGISTER(cpu, scale, mf::cpu::scale_fwd, nullptr);
+MF_REGISTER(cpu, lerp, mf::cpu::lerp_fwd, nullptr);
+MF_REGISTER(cpu, fill, mf::cpu::fill_fwd, nullptr);
+MF_REGISTER(cpu, sumsq, mf::cpu::sumsq_fwd, nullptr);

@@ -1,0 +1,213 @@
+// cpu/norm.cpp: layer normalisation over groups of `group` elements with a per-channel affine
+// (see ops.def), AVX2. A group is `group / C` rows of C channels: one row for LayerNorm over channels,
+// H*W rows for the modified LayerNorm over (H, W, C).
+// Statistics are two-pass (mean, then centred variance), summed per row in float vectors and across
+// rows in double, so long groups (H*W*C = 200k elements) keep full precision.
+//   forward:  y = (x - mean) * rstd * w[c] + b[c]
+//   backward: g = dy * w[c];  dx = rstd * (g - mean(g) - xhat * mean(g * xhat));
+//             dw[c] += sum dy * xhat;  db[c] += sum dy
+#include <cmath>
+#include <vector>
+
+#include "cpu.h"
+
+namespace mf::cpu {
+namespace {
+
+inline __m256 load_tail(const float* p, int64_t n) { return _mm256_maskload_ps(p, tail_mask(n)); }
+
+float row_sum(const float* x, int64_t C) {
+  __m256 s = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + c));
+  if (c < C) s = _mm256_add_ps(s, load_tail(x + c, C - c));
+  return hsum(s);
+}
+
+float row_sqdev(const float* x, int64_t C, float mean) {
+  __m256 s = _mm256_setzero_ps(), m = _mm256_set1_ps(mean);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + c), m);
+    s = _mm256_fmadd_ps(d, d, s);
+  }
+  if (c < C) {
+    __m256i mk = tail_mask(C - c);
+    __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + c, mk), m), _mm256_castsi256_ps(mk));
+    s = _mm256_fmadd_ps(d, d, s);
+  }
+  return hsum(s);
+}
+
+// y = (x - mean) * rstd * w + b over one row of C.
+void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, const float* w, const float* b) {
+  __m256 m = _mm256_set1_ps(mean), r = _mm256_set1_ps(rstd);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), m), r);
+    if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + c));
+    if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + c));
+    _mm256_storeu_ps(y + c, v);
+  }
+  for (; c < C; ++c) {
+    float v = (x[c] - mean) * rstd;
+    if (w) v *= w[c];
+    if (b) v += b[c];
+    y[c] = v;
+  }
+}
+
+struct Geom {
+  int64_t C, G, R, rows_per_group;
+};
+
+Geom geom(const TensorView& x, const OpArgs& a) {
+  Geom g{};
+  g.C = x.dim(-1);
+  g.G = static_cast<int64_t>(a.attr[1]);
+  g.R = g.G == 0 ? 0 : x.numel() / g.G;
+  g.rows_per_group = g.C == 0 ? 0 : g.G / g.C;
+  return g;
+}
+
+// mean and rstd of every group. Many small groups: parallel over groups. Few large groups: parallel
+// inside each group.
+void group_stats(const Geom& g, const float* X, double eps, float* mean, float* rstd) {
+  if (g.R >= 2 * num_threads() || g.rows_per_group == 1) {
+    parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = X + r * g.G;
+        double s = 0;
+        for (int64_t k = 0; k < g.rows_per_group; ++k) s += row_sum(xr + k * g.C, g.C);
+        float mu = static_cast<float>(s / static_cast<double>(g.G));
+        double v = 0;
+        for (int64_t k = 0; k < g.rows_per_group; ++k) v += row_sqdev(xr + k * g.C, g.C, mu);
+        mean[r] = mu;
+        rstd[r] = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
+      }
+    });
+    return;
+  }
+  int nt = num_threads();
+  std::vector<double> part(static_cast<size_t>(nt));
+  for (int64_t r = 0; r < g.R; ++r) {
+    const float* xr = X + r * g.G;
+    std::fill(part.begin(), part.end(), 0.0);
+    parallel_for(g.rows_per_group, 16, [&](int64_t k0, int64_t k1) {
+      double s = 0;
+      for (int64_t k = k0; k < k1; ++k) s += row_sum(xr + k * g.C, g.C);
+      part[static_cast<size_t>(omp_get_thread_num())] += s;
+    });
+    double s = 0;
+    for (double p : part) s += p;
+    float mu = static_cast<float>(s / static_cast<double>(g.G));
+    std::fill(part.begin(), part.end(), 0.0);
+    parallel_for(g.rows_per_group, 16, [&](int64_t k0, int64_t k1) {
+      double v = 0;
+      for (int64_t k = k0; k < k1; ++k) v += row_sqdev(xr + k * g.C, g.C, mu);
+      part[static_cast<size_t>(omp_get_thread_num())] += v;
+    });
+    double v = 0;
+    for (double p : part) v += p;
+    mean[r] = mu;
+    rstd[r] = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
+  }
+}
+
+void layernorm_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];
+  Geom g = geom(x, a);
+  if (g.R == 0) return;
+  const float* X = x.f();
+  float* Y = a.out[0].f();
+  std::vector<float> mean_buf, rstd_buf;
+  float* mean = a.out[1].present() ? a.out[1].f() : (mean_buf.resize(static_cast<size_t>(g.R)), mean_buf.data());
+  float* rstd = a.out[2].present() ? a.out[2].f() : (rstd_buf.resize(static_cast<size_t>(g.R)), rstd_buf.data());
+  group_stats(g, X, a.attr[0], mean, rstd);
+  const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
+  int64_t rows = g.R * g.rows_per_group;
+  parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      int64_t r = k / g.rows_per_group;
+      row_normalize(X + k * g.C, Y + k * g.C, g.C, mean[r], rstd[r], W, B);
+    }
+  });
+}
+
+void layernorm_bwd(const OpArgs& a) {
+  const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2];
+  Geom g = geom(x, a);
+  if (g.R == 0) return;
+  const float *DY = dy.f(), *X = x.f(), *W = w.present() ? w.f() : nullptr;
+  const float *MEAN = a.in[3].f(), *RSTD = a.in[4].f();
+  float *DX = a.out[0].present() ? a.out[0].f() : nullptr, *DW = a.out[1].present() ? a.out[1].f() : nullptr,
+        *DB = a.out[2].present() ? a.out[2].f() : nullptr;
+  int64_t rows = g.R * g.rows_per_group, C = g.C;
+  int nt = num_threads();
+  // Per-thread partial sums: per channel (dw, db) and per group (sum g, sum g*xhat).
+  std::vector<double> pdw(static_cast<size_t>(nt * C), 0.0), pdb(static_cast<size_t>(nt * C), 0.0);
+  std::vector<double> psg(static_cast<size_t>(nt * g.R), 0.0), psgx(static_cast<size_t>(nt * g.R), 0.0);
+  parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
+    int t = omp_get_thread_num();
+    std::vector<float> fdw(static_cast<size_t>(C), 0.0f), fdb(static_cast<size_t>(C), 0.0f);
+    for (int64_t k = k0; k < k1; ++k) {
+      int64_t r = k / g.rows_per_group;
+      float mu = MEAN[r], rs = RSTD[r];
+      const float *xr = X + k * C, *dyr = DY + k * C;
+      float sg = 0, sgx = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        float xhat = (xr[c] - mu) * rs, d = dyr[c];
+        float gg = W ? d * W[c] : d;
+        sg += gg;
+        sgx += gg * xhat;
+        fdw[static_cast<size_t>(c)] += d * xhat;
+        fdb[static_cast<size_t>(c)] += d;
+      }
+      psg[static_cast<size_t>(t * g.R + r)] += sg;
+      psgx[static_cast<size_t>(t * g.R + r)] += sgx;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      pdw[static_cast<size_t>(t * C + c)] += fdw[static_cast<size_t>(c)];
+      pdb[static_cast<size_t>(t * C + c)] += fdb[static_cast<size_t>(c)];
+    }
+  });
+  if (DX) {
+    std::vector<float> msg(static_cast<size_t>(g.R)), msgx(static_cast<size_t>(g.R));
+    for (int64_t r = 0; r < g.R; ++r) {
+      double sg = 0, sgx = 0;
+      for (int t = 0; t < nt; ++t) {
+        sg += psg[static_cast<size_t>(t * g.R + r)];
+        sgx += psgx[static_cast<size_t>(t * g.R + r)];
+      }
+      msg[static_cast<size_t>(r)] = static_cast<float>(sg / static_cast<double>(g.G));
+      msgx[static_cast<size_t>(r)] = static_cast<float>(sgx / static_cast<double>(g.G));
+    }
+    parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        int64_t r = k / g.rows_per_group;
+        float mu = MEAN[r], rs = RSTD[r], a1 = msg[static_cast<size_t>(r)], a2 = msgx[static_cast<size_t>(r)];
+        const float *xr = X + k * C, *dyr = DY + k * C;
+        float* dxr = DX + k * C;
+        for (int64_t c = 0; c < C; ++c) {
+          float xhat = (xr[c] - mu) * rs;
+          float gg = W ? dyr[c] * W[c] : dyr[c];
+          dxr[c] = rs * (gg - a1 - xhat * a2);
+        }
+      }
+    });
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double sw = 0, sb = 0;
+    for (int t = 0; t < nt; ++t) {
+      sw += pdw[static_cast<size_t>(t * C + c)];
+      sb += pdb[static_cast<size_t>(t * C + c)];
+    }
+    if (DW) DW[c] += static_cast<float>(sw);
+    if (DB) DB[c] += static_cast<float>(sb);
+  }
+}
+
+}  // namespace
+}  // namespace mf::cpu
+
+MF_REGISTER(cpu, layernorm, mf::cpu::layernorm_fwd, mf::cpu::layernorm_bwd);
