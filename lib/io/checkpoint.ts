@@ -12,7 +12,7 @@ import { isDType, isFloatDType, type DType, type RawTensor } from '../dtype.js';
 import { MetaFormer } from '../models/metaformer.js';
 import type { LoadResult, Module } from '../nn/module.js';
 import { expectation, Tensor } from '../tensor.js';
-import { detectConvention, toOfficial, type KeyDetection } from './keys.js';
+import { detectConvention, toOfficial, toTimm, type KeyDetection } from './keys.js';
 import { PthTensor, readPth, readPthObject, writePth } from './pth.js';
 import { MAX_HEADER_BYTES, readSafetensorsHeader } from './safetensors.js';
 import { convertDTypes, readSafetensors, tensorAllocator, toRaw, writeSafetensors } from './tensors.js';
@@ -176,6 +176,8 @@ export interface SaveCheckpointOptions {
   metadata?: Record<string, string>;
   /** Store the floating-point tensors in this dtype (e.g. 'float16' to halve the file). */
   dtype?: DType;
+  /** Key names to write: 'official' (default) or 'timm' (for timm's MetaFormer, 1x1 conv shapes included). */
+  keys?: 'official' | 'timm';
 }
 
 /** The format a path's extension implies, or null. */
@@ -187,7 +189,8 @@ export function formatFromExtension(file: string): CheckpointFormat | null {
 }
 
 /**
- * Writes a model's parameters, or a state dict (any key convention; mapped to official names), atomically:
+ * Writes a model's parameters, or a state dict (any key convention; mapped to official names, or to timm's
+ * with `keys: 'timm'`), atomically:
  * an existing file is replaced only by a complete new one. A MetaFormer's configuration is recorded in the
  * safetensors metadata (CONFIG_METADATA_KEY), so the file alone can rebuild the model.
  */
@@ -198,6 +201,8 @@ export async function saveCheckpoint(source: Module | Map<string, Tensor>, file:
     throw new TypeError(expectation("format 'safetensors' or 'pth' (or a .safetensors / .pth file name)", 'format', opts.format ?? file));
   }
   const dtype = checkDType(opts.dtype, 'dtype');
+  const keys = opts.keys ?? 'official';
+  if (keys !== 'official' && keys !== 'timm') throw new TypeError(expectation("'official' or 'timm'", 'keys', opts.keys));
   const metadata: Record<string, string> = { format: 'pt' };
   if (opts.metadata !== undefined) {
     if (opts.metadata === null || typeof opts.metadata !== 'object') throw new TypeError(expectation('an object of strings', 'metadata', opts.metadata));
@@ -219,10 +224,11 @@ export async function saveCheckpoint(source: Module | Map<string, Tensor>, file:
   } else {
     throw new TypeError(expectation('a Module or a Map of name -> Tensor', 'source', source));
   }
+  const named = keys === 'timm' ? toTimm(official) : official;
   const converted: Tensor[] = [];
   try {
     const entries: [string, Tensor][] = [];
-    for (const [k, t] of official) {
+    for (const [k, t] of named) {
       if (t.disposed) throw new Error(expectation(`a live tensor for ${JSON.stringify(k)}`, 'source', t));
       if (dtype && isFloatDType(t.dtype) && t.dtype !== dtype) {
         const c = t.to(dtype);
@@ -236,6 +242,10 @@ export async function saveCheckpoint(source: Module | Map<string, Tensor>, file:
     else await writePth(file, entries.map(([k, t]) => [k, toRaw(t)] as [string, RawTensor]));
   } finally {
     for (const c of converted) c.dispose();
+    if (named !== official) {
+      const own = new Set(official.values());
+      for (const t of named.values()) if (!own.has(t)) t.dispose();
+    }
     if (views && source instanceof Map) {
       const own = new Set(source.values());
       for (const t of views.values()) if (!own.has(t)) t.dispose();

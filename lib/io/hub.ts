@@ -401,7 +401,7 @@ export async function fetchWeights(nameOrUrl: string, opts: FetchOptions = {}): 
       if (cached.ok) return file;
       if (offline) {
         throw new Error(`offline mode: the weights for ${nameOrUrl} are not usable from the cache (${cached.reason}): ${file}. ` +
-          'Download them once with network access, or unset METAFORMER_OFFLINE');
+          'Download them once with network access (offline mode is on through the offline option or METAFORMER_OFFLINE=1)');
       }
     } else if (offline) {
       throw new Error(`offline mode: cannot download ${url} again (force was asked)`);

@@ -1,0 +1,83 @@
+/** `metaformer classify <image...>`: the top classes of each image with a pretrained (or given) model. */
+import * as path from 'node:path';
+import { classify, type Prediction } from '../../classify.js';
+import { loadWeights, readCheckpointConfig } from '../../io/checkpoint.js';
+import { createModel } from '../../models/index.js';
+import { resolveConfig, type CustomModelConfig, type MetaFormer } from '../../models/metaformer.js';
+import { intOption, stringOption, UsageError, type Command, type OptionValues } from '../command.js';
+
+/** The model `classify` uses when none is named. */
+export const DEFAULT_CLASSIFY_MODEL = 'caformer_s18';
+
+/**
+ * The model to run: a checkpoint that records its configuration (saved by this library) builds its own model
+ * unless --model is given; otherwise the named (default) model with its pretrained or the given weights.
+ */
+async function buildModel(values: OptionValues): Promise<MetaFormer> {
+  const name = stringOption(values, 'model');
+  const weights = stringOption(values, 'weights');
+  const fetch = { cacheDir: stringOption(values, 'cache-dir'), offline: values.offline === true ? true : undefined };
+  if (weights !== undefined && name === undefined && !/^https?:\/\//i.test(weights)) {
+    const config = await readCheckpointConfig(weights);
+    if (config) {
+      const model = createModel(resolveConfig(config as unknown as CustomModelConfig));
+      try {
+        await loadWeights(model, weights);
+      } catch (e) {
+        model.dispose();
+        throw e;
+      }
+      return model.eval();
+    }
+  }
+  return createModel(name ?? DEFAULT_CLASSIFY_MODEL, { pretrained: weights ?? true, ...fetch });
+}
+
+function percent(p: number): string {
+  return `${(100 * p).toFixed(2).padStart(6)}%`;
+}
+
+export const classifyCommand: Command = {
+  name: 'classify',
+  summary: `classify images (default model ${DEFAULT_CLASSIFY_MODEL}, pretrained weights downloaded and cached)`,
+  usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--json] [--offline] [--cache-dir DIR]',
+  details: [
+    `--model      a registry name (see list-models); default ${DEFAULT_CLASSIFY_MODEL}`,
+    '--weights    a checkpoint to use instead of the registry weights; one saved by this library carries its',
+    '             model configuration, so --model is not needed for it',
+    '--top        how many classes to show per image (default 5)',
+    '--offline    never download; use the cache (also METAFORMER_OFFLINE=1)',
+    '--cache-dir  where downloaded weights live (default METAFORMER_CACHE or ~/.cache/metaformer)',
+  ].join('\n'),
+  options: {
+    model: { type: 'string', short: 'm' },
+    weights: { type: 'string', short: 'w' },
+    top: { type: 'string', short: 'k' },
+    json: { type: 'boolean' },
+    offline: { type: 'boolean' },
+    'cache-dir': { type: 'string' },
+  },
+  async run({ positionals, values, io }) {
+    if (positionals.length === 0) throw new UsageError('Expected at least one image file but received none');
+    const topK = intOption(values, 'top', 5);
+    const model = await buildModel(values);
+    let results: Prediction[][];
+    try {
+      results = await classify(positionals, { model, topK });
+    } finally {
+      model.dispose();
+    }
+    if (values.json) {
+      io.out(JSON.stringify(positionals.map((image, i) => ({ image, predictions: results[i] })), null, 2));
+      return;
+    }
+    positionals.forEach((image, i) => {
+      if (i > 0) io.out('');
+      io.out(path.basename(image));
+      for (const p of results[i]!) {
+        const label = p.label === String(p.index) ? '' : `  ${p.label}${p.synset ? ` (${p.synset})` : ''}`;
+        io.out(`  ${percent(p.probability)}  ${String(p.index).padStart(5)}${label}`);
+      }
+    });
+  },
+};
