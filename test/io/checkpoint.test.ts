@@ -168,6 +168,19 @@ describe('saveCheckpoint', () => {
     disposeAll(back.tensors);
   });
 
+  it('writes timm names on request, with the 1x1 conv shapes timm expects', async () => {
+    const out = path.join(tmp, 'as-timm.safetensors');
+    await saveCheckpoint(official, out, { keys: 'timm' });
+    const back = await readCheckpoint(out);
+    const ref = await readCheckpoint(fixturePath('checkpoints', 'caformer_tiny_timm.safetensors'));
+    expect(back.detected.convention).toBe('timm');
+    expect(new Set(back.tensors.keys())).toEqual(new Set(ref.tensors.keys()));
+    for (const [k, t] of ref.tensors) expect(back.tensors.get(k)!.shape, k).toEqual(t.shape);
+    disposeAll(back.tensors);
+    disposeAll(ref.tensors);
+    await expect(saveCheckpoint(official, out, { keys: 'caffe' as 'timm' })).rejects.toThrow(`Expected 'official' or 'timm' for keys but received "caffe"`);
+  });
+
   it('is atomic: a failed write leaves the existing file intact and no temporary file', async () => {
     const file = path.join(tmp, 'keep.safetensors');
     fs.writeFileSync(file, 'previous content');
@@ -198,6 +211,15 @@ describe('loadWeights', () => {
     const logits = await model.predict(fx.get('input'));
     expect(relL2(logits.toFloat32Array(), fx.get('logits').toFloat32Array())).toBeLessThan(3e-5);
     logits.dispose();
+    model.dispose();
+  });
+
+  it('loads half-precision checkpoints into a float32 model', async () => {
+    const model = createModel(TINY);
+    await loadWeights(model, fixturePath('checkpoints', 'caformer_tiny_f16.pth'));
+    expect(model.parameters().every((p) => p.dtype === 'float32')).toBe(true);
+    const w = model.stateDict().get('head.fc2.weight')!;
+    expect(relL2(w.toFloat32Array(), official.get('head.fc2.weight')!.toFloat32Array())).toBeLessThan(1e-3);
     model.dispose();
   });
 
