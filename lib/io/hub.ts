@@ -5,9 +5,9 @@
  * A cached file is `<cacheDir>/<file name of the URL>`, next to a sidecar `<file>.sha256` (sha256sum format)
  * written at download time and checked on every later cache hit.
  *
- * Download (node:http / node:https, no other dependency): up to 5 redirects; the body goes to `<file>.part`;
- * an interrupted transfer is resumed with an HTTP Range request (automatically `retries` times, and by any later
- * call, which finds the .part); the size is checked against Content-Length / the Content-Range total, the
+ * Download (node:http / node:https, no other dependency): up to 5 redirects; the body goes to `<file>.part`
+ * (with `<file>.part.json` naming its URL, size and ETag); an interrupted transfer is resumed with an HTTP Range
+ * request guarded by If-Range (automatically `retries` times, and by any later call, which finds the .part); the size is checked against Content-Length / the Content-Range total, the
  * sha256 against the `sha256` option when given; then the sidecar is written and the .part renamed into place.
  * So a file under the final name is always complete, and a failure never leaves one behind.
  * Offline mode (`offline` option or METAFORMER_OFFLINE=1) never touches the network.
@@ -248,33 +248,69 @@ function get(url: string, headers: Record<string, string>, timeoutMs: number, re
   });
 }
 
+/** What a .part file was downloaded from, kept beside it (`<part>.json`) so a resume only ever extends the same file. */
+interface PartInfo {
+  url: string;
+  total: number | null;
+  /** The server's validator (ETag, else Last-Modified), sent as If-Range when resuming. */
+  validator: string | null;
+}
+
+async function readPartInfo(part: string): Promise<PartInfo | null> {
+  try {
+    const v = JSON.parse(await fsp.readFile(`${part}.json`, 'utf8')) as Partial<PartInfo>;
+    if (typeof v.url !== 'string') return null;
+    return { url: v.url, total: typeof v.total === 'number' ? v.total : null, validator: typeof v.validator === 'string' ? v.validator : null };
+  } catch {
+    return null;
+  }
+}
+
+async function removePart(part: string): Promise<void> {
+  await fsp.rm(part, { force: true });
+  await fsp.rm(`${part}.json`, { force: true });
+}
+
 /** One download attempt into `part`, resuming from its current size. Returns the expected total size (or null). */
 async function attempt(url: string, part: string, opts: FetchOptions, report: (p: DownloadProgress) => void): Promise<number | null> {
   let offset = await sizeOf(part);
-  const res = await get(url, offset > 0 ? { range: `bytes=${offset}-` } : {}, opts.timeoutMs ?? 30_000);
+  const info = offset > 0 ? await readPartInfo(part) : null;
+  if (offset > 0 && (info === null || info.url !== url || (info.total !== null && offset > info.total))) {
+    await removePart(part);  // not a prefix of this download: start over
+    offset = 0;
+  }
+  const headers: Record<string, string> = {};
+  if (offset > 0) {
+    headers.range = `bytes=${offset}-`;
+    if (info?.validator) headers['if-range'] = info.validator;
+  }
+  const res = await get(url, headers, opts.timeoutMs ?? 30_000);
   const status = res.statusCode ?? 0;
   let total: number | null = null;
   let flags = 'w';
   if (status === 416) {
     res.resume();
     const m = /^bytes \*\/(\d+)$/.exec(res.headers['content-range'] ?? '');
-    if (m && Number(m[1]) === offset) return offset;  // the .part already holds everything
-    await fsp.rm(part, { force: true });
+    if (m && Number(m[1]) === offset && info?.total === offset) return offset;  // the .part already holds everything
+    await removePart(part);
     throw new RetryableError(`${url}: the server refused to resume at byte ${offset}; starting over`);
   } else if (status === 206) {
     const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers['content-range'] ?? '');
-    if (!m || Number(m[1]) !== offset) {
+    total = m && m[3] !== '*' ? Number(m[3]) : null;
+    if (!m || Number(m[1]) !== offset || (info?.total != null && total !== info.total)) {
       res.resume();
-      await fsp.rm(part, { force: true });
-      throw new RetryableError(`${url}: expected content from byte ${offset} but the server sent range ` +
+      await removePart(part);
+      throw new RetryableError(`${url}: expected content from byte ${offset} of ${info?.total ?? 'the file'} but the server sent range ` +
         `${JSON.stringify(res.headers['content-range'] ?? null)}; starting over`);
     }
-    total = m[3] === '*' ? null : Number(m[3]);
     flags = 'a';
   } else if (status === 200) {
-    offset = 0;  // the server ignored the range (or none was asked): start from scratch
+    offset = 0;  // the server ignored the range, or the file changed (If-Range), or none was asked: start from scratch
     const len = res.headers['content-length'];
     total = len !== undefined && /^\d+$/.test(len) ? Number(len) : null;
+    const etag = res.headers.etag;
+    const validator = etag && !etag.startsWith('W/') ? etag : res.headers['last-modified'] ?? null;
+    await fsp.writeFile(`${part}.json`, JSON.stringify({ url, total, validator } satisfies PartInfo));
   } else {
     res.resume();
     const msg = `${url}: HTTP ${status} ${res.statusMessage ?? ''}`.trim();
@@ -306,7 +342,7 @@ async function attempt(url: string, part: string, opts: FetchOptions, report: (p
   const size = await sizeOf(part);
   if (total !== null && size < total) throw new RetryableError(`${url}: expected ${total} bytes but received ${size}`);
   if (total !== null && size > total) {
-    await fsp.rm(part, { force: true });
+    await removePart(part);
     throw new Error(`${url}: expected ${total} bytes but received ${size}`);
   }
   return total;
@@ -377,11 +413,12 @@ async function download(url: string, file: string, opts: FetchOptions): Promise<
   }
   const hash = await sha256Of(part);
   if (opts.sha256 !== undefined && hash !== opts.sha256.toLowerCase()) {
-    await fsp.rm(part, { force: true });
+    await removePart(part);
     throw new Error(`${url}: sha256 mismatch: expected ${opts.sha256.toLowerCase()} but the download has ${hash}; the file was discarded`);
   }
   await writeSidecar(file, hash);
   await fsp.rename(part, file);
+  await fsp.rm(`${part}.json`, { force: true });
 }
 
 /**

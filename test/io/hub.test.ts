@@ -24,7 +24,8 @@ let server: http.Server;
 let base: string;
 let tmp: string;
 /** Every request the server saw: path and Range header. */
-const seen: { path: string; range: string | undefined }[] = [];
+const seen: { path: string; range: string | undefined; ifRange: string | undefined }[] = [];
+const ETAG = '"tiny-v1"';
 const flakyServed = new Set<string>();
 
 function sendRange(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -35,16 +36,16 @@ function sendRange(req: http.IncomingMessage, res: http.ServerResponse): void {
       res.writeHead(416, { 'content-range': `bytes */${body.length}` }).end();
       return;
     }
-    res.writeHead(206, { 'content-length': body.length - start, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
+    res.writeHead(206, { 'content-length': body.length - start, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}`, etag: ETAG });
     res.end(body.subarray(start));
     return;
   }
-  res.writeHead(200, { 'content-length': body.length }).end(body);
+  res.writeHead(200, { 'content-length': body.length, etag: ETAG }).end(body);
 }
 
 /** Declares the full length, sends the first `n` bytes, then drops the connection. */
 function sendCut(res: http.ServerResponse, n: number): void {
-  res.writeHead(200, { 'content-length': body.length });
+  res.writeHead(200, { 'content-length': body.length, etag: ETAG });
   res.write(body.subarray(0, n), () => setTimeout(() => res.socket?.destroy(), 20));
 }
 
@@ -54,7 +55,7 @@ beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mf-hub-'));
   server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    seen.push({ path: url, range: req.headers.range });
+    seen.push({ path: url, range: req.headers.range, ifRange: req.headers['if-range'] as string | undefined });
     let m: RegExpMatchArray | null;
     if ((m = url.match(/^\/redirect\/(\d+)\/(.+)$/))) {
       const n = Number(m[1]);
@@ -160,10 +161,13 @@ describe('fetchWeights', () => {
     expect(got).toBeGreaterThan(0);
     expect(got).toBeLessThan(body.length);
     expect(fs.existsSync(path.join(cacheDir, 'resume.pth'))).toBe(false);
+    expect(JSON.parse(fs.readFileSync(`${part}.json`, 'utf8'))).toEqual({ url, total: body.length, validator: ETAG });
     const file = await fetchWeights(url, { cacheDir, progress: false });
-    expect(seen.filter((s) => s.path === '/flaky/resume.pth').map((s) => s.range)).toEqual([undefined, `bytes=${got}-`]);
+    expect(seen.filter((s) => s.path === '/flaky/resume.pth').map((s) => [s.range, s.ifRange]))
+      .toEqual([[undefined, undefined], [`bytes=${got}-`, ETAG]]);
     expect(fs.readFileSync(file).equals(body)).toBe(true);
     expect(fs.existsSync(part)).toBe(false);
+    expect(fs.existsSync(`${part}.json`)).toBe(false);
   });
 
   it('resumes automatically within one call', async () => {
@@ -176,10 +180,28 @@ describe('fetchWeights', () => {
 
   it('starts over when the server ignores Range', async () => {
     const cacheDir = freshDir();
+    const url = `${base}/norange/norange.pth`;
     fs.mkdirSync(cacheDir);
-    fs.writeFileSync(path.join(cacheDir, 'norange.pth.part'), Buffer.from('stale bytes from some other file'));
-    const file = await fetchWeights(`${base}/norange/norange.pth`, { cacheDir, progress: false });
+    fs.writeFileSync(path.join(cacheDir, 'norange.pth.part'), body.subarray(0, 100));
+    fs.writeFileSync(path.join(cacheDir, 'norange.pth.part.json'), JSON.stringify({ url, total: body.length, validator: null }));
+    const file = await fetchWeights(url, { cacheDir, progress: false });
+    expect(seen.filter((s) => s.path === '/norange/norange.pth').map((s) => s.range)).toEqual(['bytes=100-']);
     expect(fs.readFileSync(file).equals(body)).toBe(true);
+  });
+
+  it('never resumes a .part that belongs to another URL or has no record', async () => {
+    const cacheDir = freshDir();
+    fs.mkdirSync(cacheDir);
+    const part = path.join(cacheDir, 'foreign.pth.part');
+    fs.writeFileSync(part, Buffer.from('bytes of some other file'));
+    fs.writeFileSync(`${part}.json`, JSON.stringify({ url: 'http://elsewhere.invalid/foreign.pth', total: body.length, validator: null }));
+    const file = await fetchWeights(`${base}/files/foreign.pth`, { cacheDir, progress: false });
+    expect(fs.readFileSync(file).equals(body)).toBe(true);
+    fs.rmSync(file);
+    fs.writeFileSync(part, Buffer.from('orphaned bytes'));
+    await fetchWeights(`${base}/files/foreign.pth`, { cacheDir, progress: false });
+    expect(fs.readFileSync(file).equals(body)).toBe(true);
+    expect(seen.filter((s) => s.path === '/files/foreign.pth').map((s) => s.range)).toEqual([undefined, undefined]);
   });
 
   it('rejects a transfer shorter than its declared size and leaves no complete-looking file', async () => {
@@ -188,6 +210,7 @@ describe('fetchWeights', () => {
       .rejects.toThrow(new RegExp(`download failed after 2 attempts: .*of ${body.length} bytes`));
     expect(fs.existsSync(path.join(cacheDir, 'short.pth'))).toBe(false);
     expect(fs.existsSync(path.join(cacheDir, 'short.pth.sha256'))).toBe(false);
+    expect(fs.existsSync(path.join(cacheDir, 'short.pth.part.json'))).toBe(true);
     expect(fs.statSync(path.join(cacheDir, 'short.pth.part')).size).toBeLessThan(body.length);
   });
 
@@ -196,7 +219,7 @@ describe('fetchWeights', () => {
     const wrong = '0'.repeat(64);
     await expect(fetchWeights(`${base}/files/hashed.pth`, { cacheDir, sha256: wrong, progress: false }))
       .rejects.toThrow(`sha256 mismatch: expected ${wrong} but the download has ${bodyHash}`);
-    expect(fs.readdirSync(cacheDir).filter((f) => !f.endsWith('.lock'))).toEqual([]);
+    expect(fs.readdirSync(cacheDir)).toEqual([]);
     const file = await fetchWeights(`${base}/files/hashed.pth`, { cacheDir, sha256: bodyHash.toUpperCase(), progress: false });
     expect(fs.readFileSync(file).equals(body)).toBe(true);
   });
