@@ -15,6 +15,23 @@ export interface NativeTensorHandle {
   dispose(): void;
   readonly disposed: boolean;
   readonly address: bigint | null;
+  /** Where the memory lives: 0 host, 1 CUDA device. */
+  readonly device: number;
+  /** Copies this tensor's bytes into dst (the same byte size), between any two devices. */
+  copyTo(dst: NativeTensorHandle): void;
+}
+
+/** What the addon knows of CUDA (never throws for a missing driver or device). */
+export interface CudaInfo {
+  /** The addon was built with the CUDA backend. */
+  built: boolean;
+  /** A device is present and initialised. */
+  available: boolean;
+  devices: number;
+  /** Why `available` is false ('' when it is true). */
+  reason: string;
+  name?: string;
+  memory?: { live: number; peak: number; cached: number; free: number; total: number };
 }
 
 export interface PlanSpec {
@@ -29,12 +46,14 @@ export interface PlanSpec {
 export interface NativePlan {
   runSync(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): void;
   run(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): Promise<void>;
+  /** Runs synchronously; returns the seconds each step took. */
+  profile(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): Float64Array;
   dispose(): void;
   readonly arenaBytes: number;
 }
 
 export interface Addon {
-  NativeTensor: new (dtype: number, shape: number[], zeroFill?: boolean) => NativeTensorHandle;
+  NativeTensor: new (dtype: number, shape: number[], zeroFill?: boolean, device?: number) => NativeTensorHandle;
   Plan: new (spec: PlanSpec) => NativePlan;
   run(op: number, dir: number, backend: number, inputs: (NativeTensorHandle | null)[],
     outputs: (NativeTensorHandle | null)[], attrs: number[] | Float64Array): void;
@@ -48,6 +67,9 @@ export interface Addon {
   resetPeak(): void;
   trimCache(): void;
   buildInfo(): { cuda: boolean; openmp: number; procs: number };
+  cudaInfo(): CudaInfo;
+  /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
+  cudaSynchronize(): void;
 }
 
 /** The package root: the nearest folder above this file with metaformer's package.json. */
@@ -95,5 +117,5 @@ export const OP: Readonly<Record<OpName, number>> = Object.fromEntries(names.map
   number
 >;
 
-export type BackendName = 'ref' | 'cpu';
-export const BACKEND_ID: Readonly<Record<BackendName, number>> = { ref: 0, cpu: 1 };
+export type BackendName = 'ref' | 'cpu' | 'cuda';
+export const BACKEND_ID: Readonly<Record<BackendName, number>> = { ref: 0, cpu: 1, cuda: 2 };

@@ -20,7 +20,16 @@ export interface CompiledPlan {
   readonly steps: number;
   run(input: Tensor): Promise<Tensor[]>;
   runSync(input: Tensor): Tensor[];
+  /** Runs once, synchronously, timing every step: [{ op, shape of the first output, seconds }]. */
+  profile(input: Tensor): StepTime[];
   dispose(): void;
+}
+
+export interface StepTime {
+  op: OpName;
+  /** shape of the step's first output */
+  shape: number[];
+  seconds: number;
 }
 
 /**
@@ -111,6 +120,7 @@ function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs
     steps,
   };
   const plan: NativePlan = new addon.Plan(spec);
+  const stepInfo = trace.steps.map((s) => ({ op: s.op, shape: [...(s.outs.find((o) => o)?.shape ?? [])] }));
   const inputShape = [...input.shape];
   const rootShapes = outRoots.map((r) => [...r.shape]);
   const finalShapes = outputs.map((o) => [...o.shape]);
@@ -158,6 +168,16 @@ function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs
         throw e;
       }
       return finish(outs);
+    },
+    profile(x: Tensor): StepTime[] {
+      checkInput(x);
+      const outs = allocOutputs();
+      try {
+        const times = plan.profile([x._h], outs.map((o) => o._h));
+        return stepInfo.map((s, i) => ({ ...s, seconds: times[i]! }));
+      } finally {
+        for (const o of outs) o.dispose();
+      }
     },
     dispose(): void {
       plan.dispose();

@@ -2,6 +2,7 @@
 #include "plan.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 
@@ -16,7 +17,7 @@ PlanData::~PlanData() {
   if (arena) storage_release(arena);
 }
 
-void PlanData::execute(const std::vector<void*>& bound) {
+void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
   OpArgs args;
   auto resolve = [&](const PlanArg& p) {
     TensorView v = p.meta;
@@ -36,13 +37,20 @@ void PlanData::execute(const std::vector<void*>& bound) {
     for (int i = 0; i < args.n_out; ++i) args.out[i] = resolve(s.outs[static_cast<size_t>(i)]);
     std::memcpy(args.attr, s.attr, sizeof(double) * static_cast<size_t>(s.n_attr));
     Kernel k = s.dir == Dir::forward ? be->fwd[static_cast<int>(s.op)] : be->bwd[static_cast<int>(s.op)];
-    k(args);
+    if (step_seconds) {
+      auto t0 = std::chrono::steady_clock::now();
+      k(args);
+      *step_seconds++ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } else {
+      k(args);
+    }
   }
 }
 
 Napi::Function Plan::Define(Napi::Env env) {
   return DefineClass(env, "Plan",
                      {InstanceMethod<&Plan::RunSync>("runSync"), InstanceMethod<&Plan::Run>("run"),
+                      InstanceMethod<&Plan::Profile>("profile"),
                       InstanceMethod<&Plan::Dispose>("dispose"), InstanceAccessor<&Plan::ArenaBytes>("arenaBytes")});
 }
 
@@ -275,6 +283,18 @@ Napi::Value Plan::RunSync(const Napi::CallbackInfo& info) {
     return 0;
   });
   return info.Env().Undefined();
+}
+
+// Runs synchronously and returns the seconds each step took (a Float64Array, one entry per step).
+Napi::Value Plan::Profile(const Napi::CallbackInfo& info) {
+  std::vector<void*> bound = bind(info, nullptr);
+  Napi::Float64Array times = Napi::Float64Array::New(info.Env(), data_->steps.size());
+  guarded(info.Env(), [&] {
+    ComputeScope scope;
+    data_->execute(bound, times.Data());
+    return 0;
+  });
+  return times;
 }
 
 namespace {

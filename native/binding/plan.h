@@ -42,7 +42,7 @@ struct PlanData {
   Storage* arena = nullptr;
   ~PlanData();
   // Runs every step; bound[i] are the data pointers of inputs then outputs. Caller holds the compute lock.
-  void execute(const std::vector<void*>& bound);
+  void execute(const std::vector<void*>& bound, double* step_seconds = nullptr);
 };
 
 class Plan : public Napi::ObjectWrap<Plan> {
@@ -52,6 +52,7 @@ class Plan : public Napi::ObjectWrap<Plan> {
 
  private:
   Napi::Value RunSync(const Napi::CallbackInfo& info);
+  Napi::Value Profile(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value ArenaBytes(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
