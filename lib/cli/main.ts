@@ -73,6 +73,7 @@ export async function main(argv: readonly string[], io: Output = processOutput):
   }
   const args = [...argv];
   const verbose = args.includes('--verbose') || args.includes('-v');
+  while (args[0] === '--verbose' || args[0] === '-v') args.shift();  // a global flag may precede the command
   const name = args[0];
   if (name === undefined || name === '--help' || name === '-h' || name === 'help' && args.length === 1) {
     io.out(overview());

@@ -244,6 +244,9 @@ describe('metaformer classify', () => {
     expect(bad.code).toBe(1);
     expect(bad.stderr.trimEnd()).toMatch(/^metaformer classify: classify: image 0 \(".*junk\.png"\): cannot decode image/);
     expect(bad.stderr.trimEnd().split('\n').length).toBe(1);
+    const missing = cli('classify', path.join(tmp, 'nope.jpg'));
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trimEnd()).toMatch(/^metaformer classify: Expected an image file but received ".*nope\.jpg" \(not found\)$/);
     const offline = cli('classify', CAT);
     expect(offline.code).toBe(1);
     expect(offline.stderr).toMatch(/^metaformer classify: offline mode: the weights for .*caformer_s18\.pth are not usable from the cache/);

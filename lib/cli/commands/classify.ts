@@ -1,4 +1,5 @@
 /** `metaformer classify <image...>`: the top classes of each image with a pretrained (or given) model. */
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { classify, type Prediction } from '../../classify.js';
 import { loadWeights, readCheckpointConfig } from '../../io/checkpoint.js';
@@ -60,6 +61,11 @@ export const classifyCommand: Command = {
   async run({ positionals, values, io }) {
     if (positionals.length === 0) throw new UsageError('Expected at least one image file but received none');
     const topK = intOption(values, 'top', 5);
+    // Check the images exist before a model (maybe a download) is built for them.
+    for (const image of positionals) {
+      const st = await fsp.stat(image).catch(() => null);
+      if (!st?.isFile()) throw new Error(`Expected an image file but received ${JSON.stringify(image)} (${st ? 'not a file' : 'not found'})`);
+    }
     const model = await buildModel(values);
     let results: Prediction[][];
     try {
