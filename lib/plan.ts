@@ -7,7 +7,7 @@
 import { DTYPE_CODE } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, type NativePlan, OP, type OpName, type PlanSpec } from './native.js';
 import { noGrad } from './autograd/node.js';
-import { expectation, Tensor } from './tensor.js';
+import { expectation, expectationText, Tensor } from './tensor.js';
 import { traced } from './trace.js';
 
 /** Outputs an op may leave absent (statistics that only backward needs). */
@@ -85,7 +85,7 @@ function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs
     }
     let c = constOf.get(t);
     if (c === undefined) {
-      if (t.disposed) throw new TypeError(`compilePlan: ${expectation('live weights', 'the model', 'a disposed tensor')}`);
+      if (t.disposed) throw new TypeError(`compilePlan: ${expectationText('live weights', 'the model', 'a disposed tensor')}`);
       c = consts.length;
       consts.push(t);
       constOf.set(t, c);

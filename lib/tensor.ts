@@ -118,9 +118,17 @@ function describe(v: unknown): string {
   return (v as object).constructor?.name ?? typeof v;
 }
 
-/** The project's one error style: "Expected <what> for <name> but received <value>". */
+/**
+ * The project's one error style: "Expected <what> for <name> but received <value>". Strings given as
+ * value are user input and shown quoted; use expectationText for a description of what was received.
+ */
 export function expectation(what: string, name: string, value: unknown): string {
   return `Expected ${what} for ${name} but received ${describe(value)}`;
+}
+
+/** Same style, with a description (not a value) of what was received. */
+export function expectationText(what: string, name: string, received: string): string {
+  return `Expected ${what} for ${name} but received ${received}`;
 }
 
 export function checkShape(shape: unknown, name = 'shape'): number[] {
@@ -128,7 +136,7 @@ export function checkShape(shape: unknown, name = 'shape'): number[] {
   if (shape.length > MAX_DIMS) throw new RangeError(expectation(`at most ${MAX_DIMS} dimensions`, name, shape));
   for (const d of shape) {
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
-      throw new RangeError(expectation('non-negative integer dimensions', name, `[${shape.join(', ')}]`));
+      throw new RangeError(expectationText('non-negative integer dimensions', name, `[${shape.join(', ')}]`));
     }
   }
   return [...(shape as number[])];
@@ -230,7 +238,7 @@ export class Tensor {
     }
     const s = shape === undefined ? [src.length] : checkShape(shape as number[]);
     if (numelOf(s) !== src.length) {
-      throw new RangeError(expectation(`${numelOf(s)} elements for shape [${s.join(', ')}]`, 'data', `${src.length} elements`));
+      throw new RangeError(expectationText(`${numelOf(s)} elements for shape [${s.join(', ')}]`, 'data', `${src.length} elements`));
     }
     let srcType = dtypeOfArray(src);
     if (src instanceof Uint16Array) {
@@ -255,7 +263,7 @@ export class Tensor {
     const t = Tensor.empty(shape, dtype);
     if (bytes.byteLength !== t.numel * DTYPE_SIZE[dtype]) {
       t.dispose();
-      throw new RangeError(expectation(`${t.numel * DTYPE_SIZE[dtype]} bytes`, 'data', `${bytes.byteLength} bytes`));
+      throw new RangeError(expectationText(`${t.numel * DTYPE_SIZE[dtype]} bytes`, 'data', `${bytes.byteLength} bytes`));
     }
     new Uint8Array(t._h.view()).set(bytes);
     return t;
@@ -275,7 +283,7 @@ export class Tensor {
 
   /** @internal throws if disposed */
   _live(op: string, name: string): NativeTensorHandle {
-    if (this._h.disposed) throw new TypeError(`${op}: Expected a live tensor for ${name} but received a disposed tensor`);
+    if (this._h.disposed) throw new TypeError(`${op}: ${expectationText('a live tensor', name, 'a disposed tensor')}`);
     return this._h;
   }
 

@@ -1,5 +1,5 @@
 /** Argument checks shared by the differentiable ops (one message style, see tensor.ts). */
-import { expectation, Tensor } from '../../tensor.js';
+import { expectation, expectationText, Tensor } from '../../tensor.js';
 
 export interface TensorRule {
   rank?: number;
@@ -10,7 +10,7 @@ export interface TensorRule {
 
 export function expectTensor(op: string, name: string, t: unknown, rule: TensorRule = {}): Tensor {
   if (!(t instanceof Tensor)) throw new TypeError(`${op}: ${expectation('a Tensor', name, t)}`);
-  if (t.disposed) throw new TypeError(`${op}: ${expectation('a live tensor', name, 'a disposed tensor')}`);
+  if (t.disposed) throw new TypeError(`${op}: ${expectationText('a live tensor', name, 'a disposed tensor')}`);
   if (t.dtype !== 'float32' && t.dtype !== 'float64') {
     throw new TypeError(`${op}: ${expectation('a float32 tensor', name, t)}`);
   }

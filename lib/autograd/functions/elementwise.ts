@@ -7,7 +7,7 @@
  *   reshape(x, shape), permute(x, perm)
  */
 import { runOp } from '../../backend.js';
-import { expectation, Tensor } from '../../tensor.js';
+import { expectation, expectationText, Tensor } from '../../tensor.js';
 import { nextSeed } from '../../random.js';
 import { type GradContext, type GradResult, Node, record } from '../node.js';
 import { expectNumber, expectTensor, optTensor, sameShape } from './common.js';
@@ -114,11 +114,11 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const free = s.indexOf(-1);
   if (free >= 0) {
     const rest = numelOf(s.filter((_, i) => i !== free));
-    if (rest === 0 || x.numel % rest !== 0) throw new RangeError(`${op}: ${expectation(`a shape compatible with ${x.numel} elements`, 'shape', `[${s.join(', ')}]`)}`);
+    if (rest === 0 || x.numel % rest !== 0) throw new RangeError(`${op}: ${expectationText(`a shape compatible with ${x.numel} elements`, 'shape', `[${s.join(', ')}]`)}`);
     s[free] = x.numel / rest;
   }
   if (numelOf(s) !== x.numel || s.some((d) => !Number.isSafeInteger(d) || d < 0)) {
-    throw new RangeError(`${op}: ${expectation(`a shape with ${x.numel} elements`, 'shape', `[${shape.join(', ')}]`)}`);
+    throw new RangeError(`${op}: ${expectationText(`a shape with ${x.numel} elements`, 'shape', `[${shape.join(', ')}]`)}`);
   }
   const y = x._share(s);
   return record(y, [x], () => new ReshapeNode(x.shape));
@@ -140,7 +140,7 @@ export function permute(x: Tensor, perm: readonly number[]): Tensor {
   const op = 'permute';
   if (!(x instanceof Tensor)) throw new TypeError(`${op}: ${expectation('a Tensor', 'x', x)}`);
   const ok = perm.length === x.ndim && [...perm].sort((a, b) => a - b).every((v, i) => v === i);
-  if (!ok) throw new RangeError(`${op}: ${expectation(`a permutation of ${x.ndim} dimensions`, 'perm', `[${perm.join(', ')}]`)}`);
+  if (!ok) throw new RangeError(`${op}: ${expectationText(`a permutation of ${x.ndim} dimensions`, 'perm', `[${perm.join(', ')}]`)}`);
   const y = Tensor.empty(perm.map((p) => x.shape[p]!), x.dtype);
   runOp(op, 0, ['x'], [x], [y], [...perm]);
   const inverse = new Array<number>(perm.length);

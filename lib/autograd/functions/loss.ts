@@ -4,7 +4,7 @@
  * of target probabilities (mixup / cutmix soft targets; label smoothing then belongs in the targets).
  */
 import { runOp } from '../../backend.js';
-import { expectation, Tensor } from '../../tensor.js';
+import { expectation, expectationText, Tensor } from '../../tensor.js';
 import { type GradContext, type GradResult, Node, record } from '../node.js';
 import { expectNumber, expectTensor } from './common.js';
 
@@ -29,7 +29,7 @@ class CrossEntropyNode extends Node {
 
 function toTarget(op: string, target: unknown, b: number, k: number): { t: Tensor; owned: boolean } {
   if (target instanceof Tensor) {
-    if (target.disposed) throw new TypeError(`${op}: ${expectation('a live tensor', 'target', 'a disposed tensor')}`);
+    if (target.disposed) throw new TypeError(`${op}: ${expectationText('a live tensor', 'target', 'a disposed tensor')}`);
     if (target.dtype === 'int32' || target.dtype === 'int64') {
       if (target.ndim !== 1 || target.shape[0] !== b) throw new RangeError(`${op}: ${expectation(`${b} class ids`, 'target', target)}`);
       return { t: target, owned: false };
@@ -42,7 +42,7 @@ function toTarget(op: string, target: unknown, b: number, k: number): { t: Tenso
     if (ids.length !== b) throw new RangeError(`${op}: ${expectation(`${b} class ids`, 'target', target)}`);
     for (let i = 0; i < ids.length; ++i) {
       const v = ids[i]!;
-      if (!Number.isInteger(v) || v < 0 || v >= k) throw new RangeError(`${op}: ${expectation(`class ids in [0, ${k})`, 'target', `${v} at index ${i}`)}`);
+      if (!Number.isInteger(v) || v < 0 || v >= k) throw new RangeError(`${op}: ${expectationText(`class ids in [0, ${k})`, 'target', `${v} at index ${i}`)}`);
     }
     return { t: Tensor.from(Int32Array.from(ids), [b]), owned: true };
   }
