@@ -19,3 +19,4 @@ export { detectConvention, toOfficial, toTimm, type KeyConvention, type KeyDetec
 export { fetchWeights, createPretrained, defaultCacheDir, type FetchOptions, type PretrainedOptions, type DownloadProgress } from './io/hub.js';
 export { classify, type ClassifyOptions, type ClassifyInput, type Prediction } from './classify.js';
 export { imagenetLabels, type ClassLabel, type LabelSet } from './labels.js';
+export * as train from './train/index.js';

@@ -4,7 +4,8 @@
  *
  * - randomResizedCrop: torchvision RandomResizedCrop.get_params (scale (0.08, 1), log-uniform ratio (3/4, 4/3),
  *   10 attempts, then a center crop clamped to the ratio range), crop, then PIL resize (lib/io/resample.ts).
- * - randomCropPad: torchvision RandomCrop(size, padding) with a constant fill (small images such as Fashion-MNIST).
+ * - randomCropPad: torchvision RandomCrop(size, padding) with a constant fill (small images such as Fashion-MNIST;
+ *   an image of another size is first resized to the output size).
  * - hflip with probability p.
  * - RandAugment: timm's `rand-m9-mstd0.5` family (rand_augment_transform): two ops drawn with replacement from
  *   timm's 15-op set (or the `inc1` increasing set), each applied with probability 0.5 at magnitude m plus
@@ -592,7 +593,7 @@ export function buildTransform(specIn: TransformSpec): Transform {
   return (img, rng, out, offset) => {
     let g: Image8;
     if (crop === 'rrc') g = randomResizedCrop(img, spec.size, rng, { scale: spec.scale, ratio: spec.ratio, interpolation: interp });
-    else if (crop === 'pad') g = randomCropPad(img, spec.size, spec.padding ?? 4, rng);
+    else if (crop === 'pad') g = randomCropPad(img.width === w && img.height === h ? img : resize(img, w, h, interp), spec.size, spec.padding ?? 4, rng);
     else g = img.width === w && img.height === h ? img : resize(img, w, h, interp);
     if (rng.random() < (spec.hflip ?? 0.5)) g = hflip(g);
     if (ra) g = randAugment(g, ra, rng, { fill: img.channels === 1 ? [fill[0]!] : fill, translatePct: 0.45 });

@@ -9,7 +9,7 @@
  *   metadata metaformer_train                JSON: epoch, iteration, optimizer kind / options / step counts,
  *                                            schedule state, EMA updates, data-loader state, global RNG state,
  *                                            history, run configuration
- *            metaformer_config               JSON: the model configuration (as lib/io/checkpoint.ts writes it)
+ *            metaformer_config               JSON: the model configuration (lib/io/checkpoint.ts's key)
  *
  * saveModelWeights() writes a plain weights file: official names only (what the official checkpoints and
  * lib/io/checkpoint.ts's loadWeights read), with the model configuration in the metadata.
@@ -17,6 +17,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { DTYPE_SIZE, SAFETENSORS_DTYPE } from '../dtype.js';
 import { writeFileAtomic } from '../io/atomic.js';
+import { CONFIG_METADATA_KEY } from '../io/checkpoint.js';
 import { writeAll } from '../io/fileio.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
 import { readSafetensors } from '../io/tensors.js';
@@ -27,7 +28,7 @@ import type { ModelEma } from './ema.js';
 import type { Optimizer, OptimizerState } from './optim.js';
 
 export const TRAIN_METADATA_KEY = 'metaformer_train';
-export const CONFIG_METADATA_KEY = 'metaformer_config';
+export { CONFIG_METADATA_KEY };
 export const TRAIN_FORMAT = 'metaformer-train';
 
 /** The JSON part of a checkpoint. */

@@ -7,10 +7,14 @@ import { classifyCommand } from './classify.js';
 import { convertCommand } from './convert.js';
 import { infoCommand } from './info.js';
 import { listModelsCommand } from './list-models.js';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
 
 export const COMMANDS: readonly Command[] = [
   classifyCommand,
   convertCommand,
   infoCommand,
   listModelsCommand,
+  trainCommand,
+  evalCommand,
 ];
