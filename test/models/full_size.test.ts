@@ -1,0 +1,75 @@
+/**
+ * The full-size caformer_s18 fixture (official code, float16 weights upcast exactly, float64
+ * reference): logits, features and the four stage outputs through predict()/features() on the fast
+ * backend; and concurrency: 32 concurrent predict() calls give the sequential results, and the event
+ * loop stays responsive while a predict runs.
+ */
+import { describe, expect, it } from 'vitest';
+import { createModel, type MetaFormer } from '../../lib/models/index.js';
+import { Tensor } from '../../lib/tensor.js';
+import { compare, failures, loadFixture } from '../helpers/tensors.js';
+
+describe('caformer_s18 at 224 (full-size fixture)', () => {
+  it('predict and features match the float64 reference', async () => {
+    const fx = await loadFixture('models', 'caformer_s18_224.safetensors');
+    const tol = fx.spec.suggested_fp32_rel_l2_tol as Record<string, number>;
+    const model = createModel('caformer_s18');
+    try {
+      const sd = new Map<string, Tensor>();
+      for (const [k, t] of fx.tensors) if (k.startsWith('param.')) sd.set(k.slice('param.'.length), t);
+      expect(sd.get('stages.0.0.norm1.weight')!.dtype).toBe('float16');
+      model.loadStateDict(sd, { strict: true });
+      const x = fx.get('input');
+      const logits = await model.predict(x);
+      const f = await model.features(x, { stages: true });
+      const cs = [compare('logits', logits, fx.get('logits'), tol.logits!), compare('features', f.features, fx.get('features'), tol.features!)];
+      f.stages!.forEach((s, i) => cs.push(compare(`stage${i}`, s, fx.get(`stage${i}`), tol[`stage${i}`]!)));
+      expect(failures(cs), cs.map((c) => `${c.name} ${c.relL2.toExponential(2)}`).join(', ')).toBe('');
+    } finally {
+      model.dispose();
+      for (const t of fx.tensors.values()) t.dispose();
+    }
+  }, 300_000);
+});
+
+describe('concurrent and non-blocking inference', () => {
+  let model: MetaFormer;
+  const inputs: Tensor[] = [];
+
+  it('32 concurrent predict() calls give the same results as sequential calls', async () => {
+    model = createModel({ family: 'caformer', depths: [1, 1, 2, 1], dims: [16, 32, 48, 64], numClasses: 7, imageSize: 64 });
+    model.eval();
+    for (let i = 0; i < 32; ++i) {
+      const d = new Float32Array(3 * 64 * 64).map((_, j) => Math.sin(i * 7.1 + j * 0.013));
+      inputs.push(Tensor.from(d, [1, 3, 64, 64]));
+    }
+    const sequential: Float32Array[] = [];
+    for (const x of inputs) sequential.push((await model.predict(x)).toFloat32Array());
+    const concurrent = await Promise.all(inputs.map((x) => model.predict(x)));
+    concurrent.forEach((t, i) => expect(Array.from(t.toFloat32Array())).toEqual(Array.from(sequential[i]!)));
+    // Mixed shapes at once: each compiles its own plan.
+    const big = Tensor.zeros([2, 3, 64, 64]);
+    const [a, b] = await Promise.all([model.predict(big), model.predict(inputs[0]!)]);
+    expect(a.shape).toEqual([2, 7]);
+    expect(Array.from(b.toFloat32Array())).toEqual(Array.from(sequential[0]!));
+  });
+
+  it('the event loop stays responsive during predict()', async () => {
+    const full = createModel('caformer_s18');
+    full.eval();
+    const x = Tensor.zeros([2, 3, 224, 224]);
+    await full.predict(x);  // compile the plan first
+    let ticks = 0;
+    const timer = setInterval(() => (ticks += 1), 5);
+    const t0 = performance.now();
+    const y = await full.predict(x);
+    const elapsed = performance.now() - t0;
+    clearInterval(timer);
+    expect(y.shape).toEqual([2, 1000]);
+    // A blocked loop would fire the interval at most once after predict returns.
+    expect(ticks).toBeGreaterThanOrEqual(Math.min(3, Math.floor(elapsed / 5) - 1));
+    expect(ticks).toBeGreaterThan(1);
+    full.dispose();
+    model.dispose();
+  }, 120_000);
+});
