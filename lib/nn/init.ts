@@ -1,19 +1,15 @@
-/** Parameter initialisers, drawing from the global generator (lib/random.ts). */
-import { globalRng } from '../random.js';
+/** Parameter initialisers: native, parallel, reproducible from the global generator (lib/random.ts). */
+import { runOp } from '../backend.js';
+import { nextSeed } from '../random.js';
 import { Tensor } from '../tensor.js';
 
 /**
  * A float32 tensor of normal draws with standard deviation std. With `truncated`, values outside
- * [-2, 2] are redrawn: timm's trunc_normal_(std=.02) cuts at +-2 in absolute terms (100 std), so this
- * equals it.
+ * [-2, 2] are redrawn: timm's trunc_normal_(std=.02) cuts at +-2 in absolute terms (100 std).
  */
 export function randn(shape: readonly number[], std = 1, truncated = false): Tensor {
   const t = Tensor.empty(shape, 'float32');
-  const v = t.view<'float32'>();
-  for (let i = 0; i < v.length; ++i) {
-    let z = globalRng.normal() * std;
-    while (truncated && Math.abs(z) > 2) z = globalRng.normal() * std;
-    v[i] = z;
-  }
+  const limit = truncated && std > 0 ? Math.max(0.5, 2 / std) : 0;
+  runOp('normal', 0, [], [], [t], [0, std, nextSeed(), limit]);
   return t;
 }

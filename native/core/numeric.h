@@ -90,4 +90,16 @@ MF_HOST_DEVICE inline float uniform01(uint64_t seed, uint64_t index) {
   return static_cast<float>(r >> 40) * (1.0f / 16777216.0f);
 }
 
+// A standard normal draw for element `index` (Box-Muller on two counter-based uniforms, 53-bit).
+// With limit > 0, draws beyond +-limit are redrawn from later counters (a truncated normal).
+inline double normal01(uint64_t seed, uint64_t index, double limit) {
+  for (uint64_t round = 0;; ++round) {
+    uint64_t base = (index * 2 + round * 0x9e3779b97f4a7c15ull) * 2;
+    double u1 = (static_cast<double>(mix64(mix64(seed) ^ base) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = static_cast<double>(mix64(mix64(seed) ^ (base + 1)) >> 11) * (1.0 / 9007199254740992.0);
+    double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+    if (limit <= 0 || std::fabs(z) <= limit) return z;
+  }
+}
+
 }  // namespace mf

@@ -532,6 +532,17 @@ void check_op(OpId op, Dir dir, const OpArgs& args) {
     case OpId::adamw: return check_optimizer(c, 3, 7, false);
     case OpId::lamb: return check_optimizer(c, 3, 8, false);
     case OpId::sgd: return check_optimizer(c, 2, 7, true);
+    case OpId::normal: {
+      c.arity(0, 1, 4);
+      c.attr(0, "mean");
+      double sd = c.attr(1, "std");
+      expect_true(sd >= 0, ErrorKind::range, c.op, "std >= 0", "std", std::to_string(sd));
+      c.int_attr(2, "seed", 0);
+      double lim = c.attr(3, "limit");
+      expect_true(lim == 0 || lim >= 0.5, ErrorKind::range, c.op, "0 or a limit >= 0.5", "limit", std::to_string(lim));
+      c.set_float("y", args.out[0]);
+      return;
+    }
     case OpId::count_: break;
   }
   throw Error(ErrorKind::range, "unknown op id " + std::to_string(static_cast<int>(op)));

@@ -262,3 +262,18 @@ MF_REGISTER(cpu, scale, mf::cpu::scale_fwd, nullptr);
 MF_REGISTER(cpu, lerp, mf::cpu::lerp_fwd, nullptr);
 MF_REGISTER(cpu, fill, mf::cpu::fill_fwd, nullptr);
 MF_REGISTER(cpu, sumsq, mf::cpu::sumsq_fwd, nullptr);
+
+namespace mf::cpu {
+namespace {
+void normal_fwd(const OpArgs& a) {  // the reference formula, in parallel
+  float* Y = a.out[0].f();
+  uint64_t seed = static_cast<uint64_t>(a.attr[2]);
+  double mean = a.attr[0], sd = a.attr[1], lim = a.attr[3];
+  parallel_for(a.out[0].numel(), 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) Y[i] = static_cast<float>(mean + sd * normal01(seed, static_cast<uint64_t>(i), lim));
+  });
+}
+}  // namespace
+}  // namespace mf::cpu
+
+MF_REGISTER(cpu, normal, mf::cpu::normal_fwd, nullptr);

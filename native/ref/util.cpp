@@ -128,3 +128,17 @@ MF_REGISTER(ref, lerp, MF_REF_KERNEL(mf::ref::lerp_fwd), nullptr);
 MF_REGISTER(ref, fill, MF_REF_KERNEL(mf::ref::fill_fwd), nullptr);
 MF_REGISTER(ref, cast, mf::ref::cast_fwd, nullptr);
 MF_REGISTER(ref, permute, mf::ref::permute_fwd, nullptr);
+
+namespace mf::ref {
+namespace {
+template <typename T>
+void normal_fwd(const OpArgs& a) {
+  T* Y = ptr<T>(a.out[0]);
+  uint64_t seed = static_cast<uint64_t>(a.attr[2]);
+  for (int64_t i = 0; i < a.out[0].numel(); ++i)
+    Y[i] = static_cast<T>(a.attr[0] + a.attr[1] * normal01(seed, static_cast<uint64_t>(i), a.attr[3]));
+}
+}  // namespace
+}  // namespace mf::ref
+
+MF_REGISTER(ref, normal, MF_REF_KERNEL(mf::ref::normal_fwd), nullptr);

@@ -156,6 +156,7 @@ function cases(): Case[] {
     out.push({ name: `lamb ${n}`, op: 'lamb', dir: 0, ins: [g], outs: [accOut([n]), accOut([n]), posOut([n])], attrs: [1e-3, 0.9, 0.999, 1e-6, 0.05, 3, 1, 0] });
     out.push({ name: `sgd ${n}`, op: 'sgd', dir: 0, ins: [g], outs: [accOut([n]), accOut([n])], attrs: [0.1, 0.9, 0, 1e-4, 1, 1, 0] });
   }
+  out.push({ name: 'normal 1031 truncated', op: 'normal', dir: 0, ins: [], outs: [nanOut([1031])], attrs: [0.5, 2, 99, 1.5] });
   out.push({ name: 'permute [2,3,5,7] -> [0,2,3,1]', op: 'permute', dir: 0, ins: [rnd([2, 3, 5, 7])], outs: [nanOut([2, 5, 7, 3])], attrs: [0, 2, 3, 1] });
   return out;
 }
