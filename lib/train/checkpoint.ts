@@ -12,7 +12,8 @@
  *            metaformer_config               JSON: the model configuration (lib/io/checkpoint.ts's key)
  *
  * saveModelWeights() writes a plain weights file: official names only (what the official checkpoints and
- * lib/io/checkpoint.ts's loadWeights read), with the model configuration in the metadata.
+ * lib/io/checkpoint.ts's loadWeights read), with the model configuration in the metadata (and, from the
+ * Trainer, the class names under metaformer_labels).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { DTYPE_SIZE, SAFETENSORS_DTYPE } from '../dtype.js';
@@ -29,6 +30,8 @@ import type { Optimizer, OptimizerState } from './optim.js';
 
 export const TRAIN_METADATA_KEY = 'metaformer_train';
 export { CONFIG_METADATA_KEY };
+/** Class names of the head, a JSON array, in the weights files the Trainer exports. */
+export const LABELS_METADATA_KEY = 'metaformer_labels';
 export const TRAIN_FORMAT = 'metaformer-train';
 
 /** The JSON part of a checkpoint. */

@@ -19,7 +19,7 @@ import { setNumThreads } from '../backend.js';
 import { loadWeights, readCheckpointConfig } from '../io/checkpoint.js';
 import { createModel } from '../models/index.js';
 import { type CustomModelConfig, type MetaFormer, resolveConfig } from '../models/metaformer.js';
-import { getModelConfig } from '../models/zoo.js';
+import { getModelConfig, type ModelConfig } from '../models/zoo.js';
 import { manualSeed, Rng } from '../random.js';
 import { expectation } from '../tensor.js';
 import { type EvalTransformSpec, imagenetEvalSpec, imagenetTrainSpec, type TrainTransformSpec } from './augment.js';
@@ -158,14 +158,16 @@ export interface TrainRunResult {
 const DEFAULT_LR: Record<OptimizerKind, number> = { adamw: 1e-3, lamb: 4e-3, sgd: 0.05 };
 
 /** The model of a run (not yet trained): preset / registry / config, pretrained weights, head, frozen stages. */
-export async function buildTrainModel(opts: TrainRunOptions, numClasses: number, imageSize: number): Promise<MetaFormer> {
+export async function buildTrainModel(opts: TrainRunOptions, numClasses: number, imageSize: number,
+  norm?: Pick<ModelConfig, 'mean' | 'std' | 'interpolation' | 'cropPct'>): Promise<MetaFormer> {
   const mopts = { dropPathRate: opts.dropPath ?? 0, headDropout: opts.headDropout ?? 0 };
   let model: MetaFormer;
   const preset = typeof opts.model === 'string' ? TRAIN_PRESETS[opts.model] : undefined;
   if (preset || typeof opts.model === 'object') {
     if (opts.pretrained === true) throw new TypeError(expectation('a registry model name for registry weights', 'model', opts.model));
     const cfg = preset ? preset.config : (opts.model as CustomModelConfig);
-    model = createModel({ ...cfg, depths: [...cfg.depths], dims: [...cfg.dims], numClasses, imageSize }, mopts);
+    const full: CustomModelConfig & Partial<ModelConfig> = { ...cfg, depths: [...cfg.depths], dims: [...cfg.dims], numClasses, imageSize, ...norm };
+    model = createModel(full, mopts);
     if (typeof opts.pretrained === 'string') await prepareFinetune(model, { weights: opts.pretrained, numClasses });
   } else if (opts.pretrained) {
     model = await createModel(opts.model as string, { ...mopts, pretrained: opts.pretrained });
@@ -177,7 +179,7 @@ export async function buildTrainModel(opts: TrainRunOptions, numClasses: number,
     } catch {
       throw new TypeError(expectation(`a registry model (list-models) or a preset (${Object.keys(TRAIN_PRESETS).join(', ')})`, 'model', opts.model));
     }
-    model = createModel({ ...cfg, numClasses, inputSize: [imageSize, imageSize] }, mopts);
+    model = createModel({ ...cfg, numClasses, inputSize: [imageSize, imageSize], ...norm }, mopts);
   }
   if (opts.freezeStages) freezeStages(model, opts.freezeStages);
   return model;
@@ -211,7 +213,13 @@ export async function prepareRun(opts: TrainRunOptions): Promise<{ trainer: Trai
     imageSize, val: opts.val, randAugment: opts.randAugment, reprob: opts.reprob, trainLimit: opts.trainLimit, evalLimit: opts.evalLimit,
   });
   const numClasses = data.classes.length;
-  const model = await buildTrainModel(opts, numClasses, imageSize);
+  // the data's normalisation goes into the model config, so classify / eval preprocess as training did
+  const ev = data.evalSpec;
+  const norm = data.name === 'fashion-mnist'
+    ? { mean: [ev.mean[0]!, ev.mean[0]!, ev.mean[0]!] as [number, number, number], std: [ev.std[0]!, ev.std[0]!, ev.std[0]!] as [number, number, number],
+      interpolation: 'bilinear' as const, cropPct: 1 }
+    : undefined;
+  const model = await buildTrainModel(opts, numClasses, imageSize, norm);
   const batchSize = opts.batchSize ?? 64;
   const mixAlpha = opts.mixup ?? 0, cutAlpha = opts.cutmix ?? 0;
   const smoothing = opts.smoothing ?? 0.1;
@@ -238,7 +246,7 @@ export async function prepareRun(opts: TrainRunOptions): Promise<{ trainer: Trai
   };
   const trainer = new Trainer({
     model, optimizer, schedule, trainLoader, evalLoader, epochs, accumSteps: accum, clipGrad: opts.clipGrad ?? null,
-    labelSmoothing: smoothing, ema, outDir: opts.out ?? null, progress: opts.progress, log: opts.log, config,
+    labelSmoothing: smoothing, ema, outDir: opts.out ?? null, progress: opts.progress, log: opts.log, config, labels: data.classes,
   });
   if (opts.resume) await trainer.resume(opts.resume);
   return {

@@ -19,7 +19,7 @@ import { crossEntropy } from '../ops.js';
 import type { Module } from '../nn/module.js';
 import { getRngState, setRngState } from '../random.js';
 import { expectation, Tensor, tidy } from '../tensor.js';
-import { loadTrainCheckpoint, saveModelWeights, saveTrainCheckpoint } from './checkpoint.js';
+import { LABELS_METADATA_KEY, loadTrainCheckpoint, saveModelWeights, saveTrainCheckpoint } from './checkpoint.js';
 import type { Batch } from './data.js';
 import type { ModelEma } from './ema.js';
 import type { DataLoader, DataLoaderState } from './loader.js';
@@ -79,6 +79,8 @@ export interface TrainerOptions {
   /** Run configuration recorded in the checkpoints and metrics. */
   config?: Record<string, unknown>;
   onStep?: (info: StepInfo) => void;
+  /** Class names, recorded in the exported weights (metadata 'metaformer_labels', a JSON array). */
+  labels?: readonly string[];
 }
 
 function fmtTime(s: number): string {
@@ -137,6 +139,7 @@ export class Trainer {
   private readonly log: (line: string) => void;
   private readonly progress: Progress;
   private readonly onStep?: (info: StepInfo) => void;
+  private readonly weightsMeta: Record<string, string>;
 
   constructor(opts: TrainerOptions) {
     if (opts === null || typeof opts !== 'object') throw new TypeError(expectation('trainer options', 'options', opts));
@@ -172,6 +175,7 @@ export class Trainer {
     if (!['auto', 'bar', 'lines', 'none'].includes(mode)) throw new TypeError(expectation("'auto', 'bar', 'lines' or 'none'", 'progress', mode));
     this.progress = new Progress(mode === 'auto' ? (process.stderr.isTTY ? 'bar' : 'lines') : mode, this.log, this.logInterval);
     this.onStep = opts.onStep;
+    this.weightsMeta = opts.labels ? { [LABELS_METADATA_KEY]: JSON.stringify(opts.labels) } : {};
     if (this.outDir) mkdirSync(this.outDir, { recursive: true });
   }
 
@@ -309,14 +313,14 @@ export class Trainer {
       const top1 = Math.max(e?.top1 ?? -Infinity, m?.top1 ?? -Infinity);
       if (this.outDir && top1 > this.bestTop1) {
         this.bestTop1 = top1;
-        if (m && m.top1 >= (e?.top1 ?? -Infinity)) await this.ema!.withWeights(this.model, () => saveModelWeights(this.file('model_best.safetensors')!, this.model));
-        else await saveModelWeights(this.file('model_best.safetensors')!, this.model);
+        if (m && m.top1 >= (e?.top1 ?? -Infinity)) await this.ema!.withWeights(this.model, () => saveModelWeights(this.file('model_best.safetensors')!, this.model, { metadata: this.weightsMeta }));
+        else await saveModelWeights(this.file('model_best.safetensors')!, this.model, { metadata: this.weightsMeta });
       }
       if (this.outDir) await this.saveCheckpoint();
     }
     if (this.outDir) {
-      await saveModelWeights(this.file('model.safetensors')!, this.model);
-      if (this.ema) await this.ema.withWeights(this.model, () => saveModelWeights(this.file('model_ema.safetensors')!, this.model));
+      await saveModelWeights(this.file('model.safetensors')!, this.model, { metadata: this.weightsMeta });
+      if (this.ema) await this.ema.withWeights(this.model, () => saveModelWeights(this.file('model_ema.safetensors')!, this.model, { metadata: this.weightsMeta }));
     }
     return this.history;
   }
