@@ -5,9 +5,11 @@
  * previous checkpoint loadable; saved weights carry exactly the official key names and shapes of
  * caformer_tiny (the golden fixture's state_dict_keys). Also: EMA arithmetic, metrics, the SVG writer.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readSafetensorsHeader } from '../../lib/io/safetensors.js';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
@@ -24,6 +26,7 @@ import { CosineSchedule } from '../../lib/train/schedule.js';
 import { type StepInfo, Trainer } from '../../lib/train/trainer.js';
 import { fixturePath } from '../helpers/fixtures.js';
 
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mf-train-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
@@ -172,6 +175,36 @@ describe('Trainer', () => {
       }
     } finally {
       await run.close();
+    }
+  });
+
+  const dist = path.join(root, 'dist', 'lib');
+  it.runIf(existsSync(path.join(dist, 'train', 'checkpoint.js')))('a process killed (SIGKILL) midway through a checkpoint write leaves the previous checkpoint loadable', async () => {
+    const file = path.join(tmp, 'killed', 'checkpoint.safetensors');
+    const script = `
+      const ck = await import(${JSON.stringify(pathToFileURL(path.join(dist, 'train', 'checkpoint.js')).href)});
+      const { createModel } = await import(${JSON.stringify(pathToFileURL(path.join(dist, 'models', 'index.js')).href)});
+      const { mkdirSync } = await import('node:fs');
+      mkdirSync(${JSON.stringify(path.dirname(file))}, { recursive: true });
+      const m = createModel(${JSON.stringify(TINY)});
+      await ck.saveTrainCheckpoint(${JSON.stringify(file)}, { model: m, state: { epoch: 1 } });
+      await ck.saveTrainCheckpoint(${JSON.stringify(file)}, { model: m, state: { epoch: 2 } }, {
+        beforeChunk: (i) => { if (i === 6) process.kill(process.pid, 'SIGKILL'); },
+      });
+      process.stdout.write('not killed');`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.signal, r.stderr).toBe('SIGKILL');
+    expect(r.stdout).toBe('');
+    const leftovers = readdirSync(path.dirname(file)).filter((f) => f.endsWith('.tmp'));
+    expect(leftovers.length).toBe(1);  // the killed write's temporary file; the checkpoint itself is intact
+    const ck = await loadTrainCheckpoint(file);
+    try {
+      expect(ck.state.epoch).toBe(1);
+      const m = createModel({ ...TINY, depths: [...TINY.depths], dims: [...TINY.dims] });
+      expect([...ck.model.keys()].sort()).toEqual([...m.namedParameters()].map(([k]) => k).sort());
+      m.dispose();
+    } finally {
+      ck.dispose();
     }
   });
 
