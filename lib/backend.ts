@@ -1,6 +1,8 @@
 /**
  * Which backend runs the ops: 'cpu' (fast kernels, the default) or 'ref' (plain reference kernels,
  * which also compute in float64). Tests switch with withBackend(); float64 tensors always use 'ref'.
+ * Ops on CUDA tensors always run on the 'cuda' backend, whatever is set here; one op never mixes
+ * devices.
  */
 import type { DType } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, OP, type OpName } from './native.js';
@@ -14,7 +16,7 @@ export function getBackend(): BackendName {
 }
 
 export function setBackend(name: BackendName): void {
-  if (!(name in BACKEND_ID)) throw new TypeError(expectation("'cpu' or 'ref'", 'backend', name));
+  if (!(name in BACKEND_ID)) throw new TypeError(expectation("'cpu', 'ref' or 'cuda'", 'backend', name));
   current = name;
 }
 
@@ -38,8 +40,10 @@ export function getNumThreads(): number {
   return addon.getNumThreads();
 }
 
-function backendId(dtypes: DType[]): number {
-  return dtypes.includes('float64') ? BACKEND_ID.ref : BACKEND_ID[current];
+function backendId(dtypes: DType[], cuda: boolean): number {
+  if (cuda) return BACKEND_ID.cuda;
+  if (dtypes.includes('float64')) return BACKEND_ID.ref;
+  return current === 'cuda' ? BACKEND_ID.cpu : BACKEND_ID[current];
 }
 
 /**
@@ -60,15 +64,25 @@ export function runOp(
     return;
   }
   const dtypes: DType[] = [];
+  let onCuda = 0;
+  let onCpu = 0;
   const inH = ins.map((t, i) => {
     if (t === null) return null;
     dtypes.push(t.dtype);
+    if (t.device === 'cuda') onCuda += 1;
+    else onCpu += 1;
     return t._live(op, names[i] ?? `input ${i}`);
   });
   const outH = outs.map((t, i) => {
     if (t === null) return null;
     dtypes.push(t.dtype);
+    if (t.device === 'cuda') onCuda += 1;
+    else onCpu += 1;
     return t._live(op, `output ${i}`);
   });
-  addon.run(OP[op], dir, backendId(dtypes), inH, outH, attrs as number[]);
+  if (onCuda > 0 && onCpu > 0) {
+    throw new TypeError(`${op}: Expected tensors on one device for its arguments but received ${onCpu} cpu and ` +
+      `${onCuda} cuda tensors; move them with .to('cuda') or .to('cpu')`);
+  }
+  addon.run(OP[op], dir, backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
 }

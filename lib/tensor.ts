@@ -34,6 +34,13 @@ export type AnyTypedArray =
 
 const MAX_DIMS = 8;
 
+/** Native device ids (native/core/memory.h). */
+const DEVICE_ID: Readonly<Record<Device, number>> = { cpu: 0, cuda: 1 };
+
+function checkDevice(device: unknown): asserts device is Device {
+  if (device !== 'cpu' && device !== 'cuda') throw new TypeError(expectation("'cpu' or 'cuda'", 'device', device));
+}
+
 // --- scopes ---------------------------------------------------------------------------------------
 
 const scopes: Set<Tensor>[] = [];
@@ -179,33 +186,44 @@ export class Tensor {
   }
 
   /** Uninitialised memory (fast); use zeros() when the contents matter. */
-  static empty(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+  static empty(shape: readonly number[], dtype: DType = 'float32', device: Device = 'cpu'): Tensor {
     const s = checkShape(shape as number[]);
     if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    checkDevice(device);
     const trace = activeTrace();
     if (trace) {  // a traced tensor: a shape without memory
       const t = new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], [0], false), s, dtype);
       trace.created.add(t);
       return t;
     }
-    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, false), s, dtype);
+    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, false, DEVICE_ID[device]), s, dtype, device);
   }
 
-  static zeros(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+  static zeros(shape: readonly number[], dtype: DType = 'float32', device: Device = 'cpu'): Tensor {
     const s = checkShape(shape as number[]);
     if (!isDType(dtype)) throw new TypeError(expectation('a dtype', 'dtype', dtype));
+    checkDevice(device);
     const trace = activeTrace();
     if (trace) {
       const t = Tensor.empty(s, dtype);
       trace.steps.push({ op: 'fill', dir: 0, ins: [], outs: [t], attrs: [0] });
       return t;
     }
-    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, true), s, dtype);
+    return new Tensor(new addon.NativeTensor(DTYPE_CODE[dtype], s, true, DEVICE_ID[device]), s, dtype, device);
   }
 
-  static full(shape: readonly number[], value: number, dtype: DType = 'float32'): Tensor {
-    const t = Tensor.empty(shape, dtype);
-    if (dtype === 'float32' || dtype === 'float64') {
+  static full(shape: readonly number[], value: number, dtype: DType = 'float32', device: Device = 'cpu'): Tensor {
+    checkDevice(device);
+    if (device === 'cuda' && dtype !== 'float32') {  // other dtypes are filled on the host, then copied
+      const h = Tensor.full(shape, value, dtype);
+      const d = h.to('cuda');
+      h.dispose();
+      return d;
+    }
+    const t = Tensor.empty(shape, dtype, device);
+    if (device === 'cuda') {
+      addon.run(OP.fill, 0, BACKEND_ID.cuda, [], [t._h], [value]);
+    } else if (dtype === 'float32' || dtype === 'float64') {
       addon.run(OP.fill, 0, BACKEND_ID.ref, [], [t._h], [value]);
     } else {
       const v = t.view();
@@ -215,8 +233,8 @@ export class Tensor {
     return t;
   }
 
-  static ones(shape: readonly number[], dtype: DType = 'float32'): Tensor {
-    return Tensor.full(shape, 1, dtype);
+  static ones(shape: readonly number[], dtype: DType = 'float32', device: Device = 'cpu'): Tensor {
+    return Tensor.full(shape, 1, dtype, device);
   }
 
   /**
@@ -289,6 +307,9 @@ export class Tensor {
 
   /** A zero-copy typed-array view of the memory (CPU tensors). Do not use it after dispose(). */
   view<D extends DType = DType>(): TypedArrayOf<D> {
+    if (this.device !== 'cpu') {
+      throw new TypeError(expectation("a cpu tensor (copy it with .to('cpu'))", 'view()', this));
+    }
     const buf = this._live('view', 'this').view();
     switch (this.dtype) {
       case 'float32': return new Float32Array(buf) as TypedArrayOf<D>;
@@ -306,6 +327,7 @@ export class Tensor {
   /** A float32 copy of the values, converting from any dtype. */
   toFloat32Array(): Float32Array {
     this._live('toFloat32Array', 'this');
+    if (this.device !== 'cpu') return this._viaHost((h) => h.toFloat32Array());
     if (this.dtype === 'float32') return new Float32Array(this._h.view()).slice();
     const c = this.to('float32');
     const out = new Float32Array(c._h.view()).slice();
@@ -316,6 +338,7 @@ export class Tensor {
   /** A float64 copy of the values. */
   toFloat64Array(): Float64Array {
     this._live('toFloat64Array', 'this');
+    if (this.device !== 'cpu') return this._viaHost((h) => h.toFloat64Array());
     if (this.dtype === 'float64') return new Float64Array(this._h.view()).slice();
     const c = this.to('float64');
     const out = new Float64Array(c._h.view()).slice();
@@ -331,25 +354,51 @@ export class Tensor {
 
   /** Raw bytes (a copy). */
   toBytes(): Uint8Array {
+    if (this.device !== 'cpu') return this._viaHost((h) => h.toBytes());
     return new Uint8Array(this._live('toBytes', 'this').view()).slice();
   }
 
-  /** Converts to another dtype (always a new tensor), or to a device. */
+  /** @internal runs fn on a temporary host copy of this device tensor */
+  _viaHost<R>(fn: (host: Tensor) => R): R {
+    const h = this.to('cpu');
+    try {
+      return fn(h);
+    } finally {
+      h.dispose();
+    }
+  }
+
+  /**
+   * Converts to another dtype (always a new tensor, on the same device), or copies to a device
+   * ('cpu' or 'cuda'; a copy even when already there). A CUDA build without a usable device, or a build
+   * without CUDA, throws an Error saying why; running out of device memory throws a RangeError.
+   */
   to(target: DType | Device): Tensor {
-    if (target === 'cpu') return this.clone();
-    if (target === 'cuda') {
-      throw new Error("metaformer: this build has no CUDA backend (device 'cuda' is unavailable)");
+    if (target === 'cpu' || target === 'cuda') {
+      if (target === this.device) return this.clone();
+      const src = this._live('to', 'this');
+      const out = new Tensor(new addon.NativeTensor(DTYPE_CODE[this.dtype], [...this.shape], false, DEVICE_ID[target]),
+        this.shape, this.dtype, target);
+      try {
+        src.copyTo(out._h);
+      } catch (e) {
+        out.dispose();
+        throw e;
+      }
+      return out;
     }
     if (!isDType(target)) throw new TypeError(expectation('a dtype or a device', 'to()', target));
-    const out = Tensor.empty(this.shape, target);
-    addon.run(OP.cast, 0, BACKEND_ID.ref, [this._live('to', 'this')], [out._h], []);
+    const out = Tensor.empty(this.shape, target, this.device);
+    const backend = this.device === 'cuda' ? BACKEND_ID.cuda : BACKEND_ID.ref;
+    addon.run(OP.cast, 0, backend, [this._live('to', 'this')], [out._h], []);
     return out;
   }
 
-  /** A copy with its own memory (not connected to autograd). */
+  /** A copy with its own memory, on the same device (not connected to autograd). */
   clone(): Tensor {
-    const out = Tensor.empty(this.shape, this.dtype);
-    addon.run(OP.cast, 0, BACKEND_ID.ref, [this._live('clone', 'this')], [out._h], []);
+    const out = Tensor.empty(this.shape, this.dtype, this.device);
+    const backend = this.device === 'cuda' ? BACKEND_ID.cuda : BACKEND_ID.ref;
+    addon.run(OP.cast, 0, backend, [this._live('clone', 'this')], [out._h], []);
     return out;
   }
 

@@ -7,6 +7,9 @@
 #include "common.h"
 #include "plan.h"
 #include "tensor_wrap.h"
+#ifdef METAFORMER_WITH_CUDA
+#include "../cuda/device.h"
+#endif
 
 namespace mf::binding {
 
@@ -36,7 +39,57 @@ int64_t to_int(Napi::Env env, const Napi::Value& v, const char* what) {
 const Backend& backend_by_id(Napi::Env env, int64_t id) {
   if (id == 0) return ref_backend();
   if (id == 1) return cpu_backend();
-  throw Napi::RangeError::New(env, "Expected a backend id (0: ref, 1: cpu) but received " + std::to_string(id));
+#ifdef METAFORMER_WITH_CUDA
+  if (id == 2) return cuda_backend();
+#else
+  if (id == 2) throw Napi::Error::New(env, "metaformer: this build has no CUDA backend (built without CUDA and cuBLAS)");
+#endif
+  throw Napi::RangeError::New(env, "Expected a backend id (0: ref, 1: cpu, 2: cuda) but received " + std::to_string(id));
+}
+
+// { built, available, reason, devices, name, memory: { live, peak, cached, free, total } }. Never throws
+// for a missing driver or device: `available` is false and `reason` says why.
+static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+#ifdef METAFORMER_WITH_CUDA
+  o.Set("built", Napi::Boolean::New(env, true));
+  bool ok = cuda::available();
+  o.Set("available", Napi::Boolean::New(env, ok));
+  o.Set("devices", Napi::Number::New(env, cuda::device_count()));
+  guarded(env, [&] {
+    o.Set("reason", Napi::String::New(env, cuda::unavailable_reason()));
+    if (ok) {
+      o.Set("name", Napi::String::New(env, cuda::device_name()));
+      cuda::DeviceMemoryStats m = cuda::memory_stats();
+      Napi::Object mem = Napi::Object::New(env);
+      mem.Set("live", Napi::Number::New(env, static_cast<double>(m.live)));
+      mem.Set("peak", Napi::Number::New(env, static_cast<double>(m.peak)));
+      mem.Set("cached", Napi::Number::New(env, static_cast<double>(m.cached)));
+      mem.Set("free", Napi::Number::New(env, static_cast<double>(m.free)));
+      mem.Set("total", Napi::Number::New(env, static_cast<double>(m.total)));
+      o.Set("memory", mem);
+    }
+    return 0;
+  });
+#else
+  o.Set("built", Napi::Boolean::New(env, false));
+  o.Set("available", Napi::Boolean::New(env, false));
+  o.Set("devices", Napi::Number::New(env, 0));
+  o.Set("reason", Napi::String::New(env, "this build of metaformer has no CUDA backend"));
+#endif
+  return o;
+}
+
+// Waits for queued CUDA work; reports asynchronous kernel errors. A no-op without CUDA.
+static Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+#ifdef METAFORMER_WITH_CUDA
+  guarded(info.Env(), [] {
+    cuda::synchronize();
+    return 0;
+  });
+#endif
+  return info.Env().Undefined();
 }
 
 static Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
@@ -69,7 +122,11 @@ static Napi::Value TrimCache(const Napi::CallbackInfo& info) {
 static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
+#ifdef METAFORMER_WITH_CUDA
+  o.Set("cuda", Napi::Boolean::New(env, true));
+#else
   o.Set("cuda", Napi::Boolean::New(env, false));
+#endif
   o.Set("openmp", Napi::Number::New(env, _OPENMP));
   o.Set("procs", Napi::Number::New(env, omp_get_num_procs()));
   return o;
@@ -94,6 +151,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resetPeak", Napi::Function::New(env, ResetPeak, "resetPeak"));
   exports.Set("trimCache", Napi::Function::New(env, TrimCache, "trimCache"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo, "cudaInfo"));
+  exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize, "cudaSynchronize"));
   return exports;
 }
 

@@ -1,13 +1,17 @@
 // tensor_wrap.cpp: NativeTensor (see tensor_wrap.h).
-//   new NativeTensor(dtypeCode, shape[], zeroFill)   allocates
-//   t.view() -> ArrayBuffer (zero-copy, holds a reference)   t.share(shape[]) -> NativeTensor (same memory)
-//   t.dispose()   t.disposed   t.address (for alignment checks)
+//   new NativeTensor(dtypeCode, shape[], zeroFill, device = 0)   allocates (device 1: CUDA memory)
+//   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only)
+//   t.share(shape[]) -> NativeTensor (same memory)   t.copyTo(other) (same byte size, any devices)
+//   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
 #include "tensor_wrap.h"
 
 #include <cstring>
 #include <string>
 
 #include "common.h"
+#ifdef METAFORMER_WITH_CUDA
+#include "../cuda/device.h"
+#endif
 
 namespace mf::binding {
 
@@ -24,8 +28,10 @@ Napi::Function NativeTensor::Define(Napi::Env env) {
   return DefineClass(env, "NativeTensor",
                      {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Share>("share"),
                       InstanceMethod<&NativeTensor::Dispose>("dispose"),
+                      InstanceMethod<&NativeTensor::CopyTo>("copyTo"),
                       InstanceAccessor<&NativeTensor::Disposed>("disposed"),
-                      InstanceAccessor<&NativeTensor::Address>("address")});
+                      InstanceAccessor<&NativeTensor::Address>("address"),
+                      InstanceAccessor<&NativeTensor::Device>("device")});
 }
 
 static void read_shape(Napi::Env env, const Napi::Value& v, int& ndim, int64_t* shape, int64_t& numel) {
@@ -62,12 +68,21 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
   int64_t numel = 0;
   read_shape(env, info[1], ndim_, shape_, numel);
   bool zero = info.Length() > 2 && info[2].ToBoolean();
+  int64_t device = info.Length() > 3 && !info[3].IsUndefined() ? to_int(env, info[3], "a device id") : kHostDevice;
+  if (device != kHostDevice && device != kCudaDevice)
+    throw Napi::RangeError::New(env, "Expected a device id (0: cpu, 1: cuda) but received " + std::to_string(device));
   size_t bytes = static_cast<size_t>(numel) * dtype_size(dtype_);
   guarded(env, [&] {
-    storage_ = storage_new(bytes);
+    storage_ = storage_new(bytes, static_cast<int32_t>(device));
     return 0;
   });
-  if (zero) std::memset(storage_->ptr, 0, bytes);
+  if (zero && device == kHostDevice) std::memset(storage_->ptr, 0, bytes);
+#ifdef METAFORMER_WITH_CUDA
+  if (zero && device == kCudaDevice) guarded(env, [&] {
+    cuda::zero(storage_->ptr, bytes);
+    return 0;
+  });
+#endif
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
 }
 
@@ -101,6 +116,7 @@ TensorView NativeTensor::view_of(Napi::Env env, const char* op, const std::strin
   v.data = storage_->ptr;
   v.dtype = dtype_;
   v.ndim = ndim_;
+  v.device = storage_->device;
   std::memcpy(v.shape, shape_, sizeof(int64_t) * static_cast<size_t>(ndim_));
   return v;
 }
@@ -127,6 +143,8 @@ static void release_view(Napi::Env env, void*, Storage* s) {
 Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TensorView v = view_of(env, "view", "this");
+  if (storage_->device != kHostDevice)
+    throw Napi::TypeError::New(env, "view: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
   storage_retain(storage_);
   Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(storage_->bytes));
   size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
@@ -152,6 +170,27 @@ Napi::Value NativeTensor::Dispose(const Napi::CallbackInfo& info) {
 
 Napi::Value NativeTensor::Disposed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), storage_ == nullptr);
+}
+
+Napi::Value NativeTensor::Device(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), storage_ ? storage_->device : kHostDevice);
+}
+
+Napi::Value NativeTensor::CopyTo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorView src = view_of(env, "copyTo", "this");
+  NativeTensor* dst = NativeTensor::from(env, info[0], "copyTo", "the destination", false);
+  TensorView dv = dst->view_of(env, "copyTo", "the destination");
+  size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype);
+  size_t dbytes = static_cast<size_t>(dv.numel()) * dtype_size(dv.dtype);
+  if (bytes != dbytes)
+    throw Napi::RangeError::New(env, "copyTo: expected a destination of " + std::to_string(bytes) +
+                                         " bytes but received " + std::to_string(dbytes) + " bytes");
+  guarded(env, [&] {
+    storage_copy(dst->storage_, storage_, bytes);
+    return 0;
+  });
+  return env.Undefined();
 }
 
 Napi::Value NativeTensor::Address(const Napi::CallbackInfo& info) {

@@ -1,6 +1,7 @@
 // tensor_wrap.h: NativeTensor, the JS handle of one reference to a Storage plus a dtype and shape.
 // lib/tensor.ts wraps it. dispose() drops the reference at once; views made with view() hold their own
-// reference, so a view never points at freed memory.
+// reference, so a view never points at freed memory. A tensor's memory is on the host (device 0) or on the
+// CUDA device (device 1, CUDA builds only); copyTo() copies between any two.
 #pragma once
 #include <napi.h>
 
@@ -29,6 +30,8 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value Address(const Napi::CallbackInfo& info);
+  Napi::Value Device(const Napi::CallbackInfo& info);
+  Napi::Value CopyTo(const Napi::CallbackInfo& info);
   void release(Napi::Env env);
 
   Storage* storage_ = nullptr;

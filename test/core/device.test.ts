@@ -1,0 +1,109 @@
+/**
+ * Devices: 'cpu' | 'cuda' | 'auto' resolution, Tensor.to('cuda') / .to('cpu'), and ops that would mix
+ * devices. Without a usable CUDA device (every CI machine) the CUDA paths must fail with a clear Error,
+ * never crash; with one (a GPU machine with Node) the round trips and a few ops are checked against the
+ * CPU. The kernels themselves are checked op by op by native/cuda/tests (bench/gpu/check.sh).
+ */
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { addon, BACKEND_ID, OP } from '../../lib/native.js';
+import { cudaAvailable, cudaInfo, resolveDevice } from '../../lib/device.js';
+import { Tensor } from '../../lib/tensor.js';
+import { runOp } from '../../lib/backend.js';
+
+const gpu = cudaAvailable();
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe('device resolution', () => {
+  it('reports what the build and the machine offer', () => {
+    const info = cudaInfo();
+    expect(typeof info.built).toBe('boolean');
+    expect(typeof info.available).toBe('boolean');
+    if (!info.available) expect(info.reason.length).toBeGreaterThan(0);
+    if (!info.built) expect(info.available).toBe(false);
+  });
+
+  it("takes 'cpu' as given and rejects unknown devices", () => {
+    expect(resolveDevice('cpu')).toBe('cpu');
+    expect(() => resolveDevice('gpu' as never)).toThrow(TypeError);
+    expect(() => resolveDevice('gpu' as never)).toThrow(/Expected 'cpu', 'cuda' or 'auto' for device but received "gpu"/);
+  });
+
+  it.skipIf(gpu)("falls back to the CPU for 'auto' with one notice, and refuses 'cuda' saying why", () => {
+    const write = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    expect(resolveDevice('auto')).toBe('cpu');
+    expect(resolveDevice('auto')).toBe('cpu');
+    const notices = write.mock.calls.filter((c) => String(c[0]).includes("device 'auto' runs on the CPU"));
+    expect(notices.length).toBeLessThanOrEqual(1);
+    expect(() => resolveDevice('cuda')).toThrow(/device 'cuda' is unavailable/);
+  });
+
+  it.runIf(gpu)("picks the GPU for 'auto' when one is present", () => {
+    expect(resolveDevice('auto')).toBe('cuda');
+    expect(resolveDevice('cuda')).toBe('cuda');
+  });
+});
+
+describe('tensors on devices', () => {
+  it.skipIf(gpu)('fails clearly when CUDA memory is asked for and CUDA is unavailable', () => {
+    const t = Tensor.from([1, 2, 3]);
+    try {
+      expect(() => t.to('cuda')).toThrow(/CUDA/);
+      expect(() => Tensor.empty([2], 'float32', 'cuda')).toThrow(/CUDA/);
+      expect(() => Tensor.zeros([2], 'float32', 'cuda')).toThrow(/CUDA/);
+    } finally {
+      t.dispose();
+    }
+    expect(() => Tensor.empty([2], 'float32', 'tpu' as never)).toThrow(TypeError);
+  });
+
+  it.skipIf(cudaInfo().built)('reports the missing backend for backend id 2 in a build without CUDA', () => {
+    const t = Tensor.empty([3]);
+    try {
+      expect(() => addon.run(OP.fill, 0, BACKEND_ID.cuda, [], [t._h], [1])).toThrow(/no CUDA backend/);
+    } finally {
+      t.dispose();
+    }
+  });
+
+  it('refuses an op whose tensors are on different devices', () => {
+    const x = Tensor.from([1, -2, 3]);
+    const out = Tensor.empty([3]);
+    // A handle labelled 'cuda' is enough: the device check happens before anything runs.
+    const y = new Tensor(x._h.share([3]), [3], 'float32', 'cuda');
+    try {
+      expect(() => runOp('starrelu', 0, ['x', 'scale', 'bias'], [y, null, null], [out]))
+        .toThrow(/starrelu: Expected tensors on one device for its arguments but received 1 cpu and 1 cuda/);
+    } finally {
+      for (const t of [y, x, out]) t.dispose();
+    }
+  });
+
+  it.runIf(gpu)('copies to the GPU and back, converts dtypes there, and runs ops there', () => {
+    const data = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 3);
+    const x = Tensor.from(data, [10, 100]);
+    const d = x.to('cuda');
+    expect(d.device).toBe('cuda');
+    expect(d._h.device).toBe(1);
+    expect(() => d.view()).toThrow(/cpu tensor/);
+    expect(Array.from(d.toFloat32Array())).toEqual(Array.from(data));
+    const h = d.to('float16').to('cpu').to('float32');
+    const ref = x.to('float16').to('float32');
+    expect(Array.from(h.toFloat32Array())).toEqual(Array.from(ref.toFloat32Array()));
+    // Ops on CUDA tensors run on the cuda backend (autograd functions do not yet allocate on the
+    // input's device, so the op is called directly here).
+    const yc = Tensor.empty([10, 100]);
+    const yd = Tensor.empty([10, 100], 'float32', 'cuda');
+    runOp('starrelu', 0, ['x', 'scale', 'bias'], [x, null, null], [yc]);
+    runOp('starrelu', 0, ['x', 'scale', 'bias'], [d, null, null], [yd]);
+    const a = yc.toFloat32Array(), b = yd.toFloat32Array();
+    for (let i = 0; i < a.length; ++i) expect(Math.abs(a[i]! - b[i]!)).toBeLessThanOrEqual(1e-6 * Math.max(1, Math.abs(a[i]!)));
+    const z = Tensor.zeros([5], 'float32', 'cuda');
+    expect(Array.from(z.toFloat32Array())).toEqual([0, 0, 0, 0, 0]);
+    const o = Tensor.ones([4], 'int32', 'cuda');
+    expect(Array.from(o.to('cpu').view())).toEqual([1, 1, 1, 1]);
+    for (const t of [x, d, h, ref, yc, yd, z, o]) t.dispose();
+  });
+});
