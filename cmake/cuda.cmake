@@ -13,6 +13,10 @@
 # CMAKE_CUDA_ARCHITECTURES defaults to 90 (H100/H200); set it to build for other GPUs.
 # cuBLAS outside the toolkit (e.g. the nvidia-cublas Python wheel): -DMETAFORMER_CUBLAS_ROOT=<dir with
 # include/ and lib/>, or the CUBLAS_ROOT environment variable.
+# native/cuda/tests/CMakeLists.txt includes this file with MF_CUDA_STANDALONE set: then there is no addon
+# target, and the checker is built by default (a build that needs neither Node nor oneDNN).
+
+get_filename_component(MF_ROOT ${CMAKE_CURRENT_LIST_DIR} DIRECTORY)
 
 string(TOUPPER "${METAFORMER_CUDA}" MF_CUDA_MODE)
 if(NOT MF_CUDA_MODE MATCHES "^(AUTO|ON|OFF|TRUE|FALSE|1|0|YES|NO)$")
@@ -60,7 +64,7 @@ if(METAFORMER_CUBLAS_INCLUDE_DIR AND METAFORMER_CUBLAS_LIBRARY)
   set(MF_HAVE_CUBLAS ON)
 endif()
 
-file(GLOB MF_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/native/cuda/*.cu)
+file(GLOB MF_CUDA_SOURCES CONFIGURE_DEPENDS ${MF_ROOT}/native/cuda/*.cu)
 set(MF_CUDA_FLAGS $<$<COMPILE_LANGUAGE:CUDA>:-O3 -Xcompiler=-fvisibility=hidden -Xptxas=-warn-spills>)
 
 if(NOT MF_HAVE_CUBLAS)
@@ -97,15 +101,18 @@ if(METAFORMER_CUBLASLT_LIBRARY)
 endif()
 get_filename_component(MF_CUBLAS_LIBDIR ${METAFORMER_CUBLAS_LIBRARY} DIRECTORY)
 
-target_sources(${PROJECT_NAME} PRIVATE $<TARGET_OBJECTS:metaformer_cuda>)
-target_compile_definitions(${PROJECT_NAME} PRIVATE METAFORMER_WITH_CUDA)
-target_link_libraries(${PROJECT_NAME} PRIVATE ${MF_CUDA_LIBS})
-set_property(TARGET ${PROJECT_NAME} APPEND PROPERTY BUILD_RPATH ${MF_CUBLAS_LIBDIR})
+if(NOT MF_CUDA_STANDALONE)
+  target_sources(${PROJECT_NAME} PRIVATE $<TARGET_OBJECTS:metaformer_cuda>)
+  target_compile_definitions(${PROJECT_NAME} PRIVATE METAFORMER_WITH_CUDA)
+  target_link_libraries(${PROJECT_NAME} PRIVATE ${MF_CUDA_LIBS})
+  set_property(TARGET ${PROJECT_NAME} APPEND PROPERTY BUILD_RPATH ${MF_CUBLAS_LIBDIR})
+  set(MF_CHECK_EXCLUDE EXCLUDE_FROM_ALL)
+endif()
 
 # The standalone checker: core + reference kernels + CUDA kernels, no Node.
-file(GLOB MF_CHECK_CORE CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/native/core/*.cpp ${CMAKE_SOURCE_DIR}/native/ref/*.cpp)
-add_executable(metaformer_cuda_check EXCLUDE_FROM_ALL ${CMAKE_SOURCE_DIR}/native/cuda/tests/check_ops.cpp
-               ${MF_CHECK_CORE} $<TARGET_OBJECTS:metaformer_cuda>)
+file(GLOB MF_CHECK_CORE CONFIGURE_DEPENDS ${MF_ROOT}/native/core/*.cpp ${MF_ROOT}/native/ref/*.cpp)
+add_executable(metaformer_cuda_check ${MF_CHECK_EXCLUDE} ${MF_ROOT}/native/cuda/tests/check_ops.cpp
+               ${MF_ROOT}/native/cuda/tests/run_plan.cpp ${MF_CHECK_CORE} $<TARGET_OBJECTS:metaformer_cuda>)
 target_compile_definitions(metaformer_cuda_check PRIVATE METAFORMER_WITH_CUDA)
 target_compile_options(metaformer_cuda_check PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-O2 -Wall -Wextra -Wno-unused-parameter>)
 target_include_directories(metaformer_cuda_check PRIVATE ${CUDAToolkit_INCLUDE_DIRS})

@@ -6,7 +6,7 @@
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dw[c] += sum dy * xhat,  db[c] += sum dy
 //
 // Groups of up to kWarpMax elements: one warp per group, two passes over the group (mean, then the
-// centred variance), the row staying in L1. Larger groups (few, long rows): per-chunk partial sums in
+// centred variance, both in double), the row staying in L1. Larger groups (few, long rows): per-chunk partial sums in
 // double over many blocks, then one small kernel per row, then an elementwise pass. dw/db are
 // deterministic column reductions over the [numel / C, C] view.
 #include <cmath>
@@ -20,37 +20,39 @@ constexpr int64_t kWarpMax = 8192;
 constexpr int kChunk = 4096;  // elements per block in the long-row kernels
 
 // ---- forward, one warp per group ------------------------------------------------------------------
+// Statistics and the normalisation use double, as the reference does: with a large mean and a variance
+// near eps (the "small var" fixtures), a float mean alone shifts xhat by about 1e-4.
 __global__ void ln_fwd_warp_kernel(const float* __restrict__ x,  // [R, G]
                                    const float* __restrict__ w,  // [C] or null
                                    const float* __restrict__ b,  // [C] or null
                                    float* __restrict__ y,        // [R, G]
                                    float* __restrict__ mean_out, // [R] or null
                                    float* __restrict__ rstd_out, // [R] or null
-                                   int64_t R, int G, int C, float eps) {
+                                   int64_t R, int G, int C, double eps) {
   int lane = threadIdx.x & 31;
   int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < R; r += warps) {
     const float* xr = x + r * G;
-    float s = 0.0f;
+    double s = 0.0;
     for (int i = lane; i < G; i += 32) s += xr[i];
-    const float mean = warp_sum(s) / static_cast<float>(G);
-    float v = 0.0f;
+    const double mean = warp_sum(s) / G;
+    double v = 0.0;
     for (int i = lane; i < G; i += 32) {
-      float d = xr[i] - mean;
-      v = fmaf(d, d, v);
+      double d = xr[i] - mean;
+      v += d * d;
     }
-    const float rstd = rsqrtf(warp_sum(v) / static_cast<float>(G) + eps);
+    const double rstd = 1.0 / sqrt(warp_sum(v) / G + eps);
     float* yr = y + r * G;
     for (int i = lane; i < G; i += 32) {
       int c = i % C;
-      float t = (xr[i] - mean) * rstd;
+      float t = static_cast<float>((xr[i] - mean) * rstd);
       if (w) t *= w[c];
       if (b) t += b[c];
       yr[i] = t;
     }
     if (lane == 0) {
-      if (mean_out) mean_out[r] = mean;
-      if (rstd_out) rstd_out[r] = rstd;
+      if (mean_out) mean_out[r] = static_cast<float>(mean);
+      if (rstd_out) rstd_out[r] = static_cast<float>(rstd);
     }
   }
 }
@@ -94,10 +96,12 @@ __global__ void ln_partials_kernel(const float* __restrict__ x,     // [R, G]
   }
 }
 
-// One thread per row: folds the chunk partials. mode 0: mean, rstd; mode 1: mean(g), mean(g * xhat).
+// One thread per row: folds the chunk partials. mode 0: mean, rstd (in double into d1, d2, and as float
+// into o1, o2 when given); mode 1: mean(g), mean(g * xhat) into o1, o2.
 __global__ void ln_finish_kernel(const double* __restrict__ part,  // [R, chunks, 2]
-                                 int64_t R, int chunks, int64_t G, float eps, int mode,
-                                 float* __restrict__ o1, float* __restrict__ o2) {  // [R] each
+                                 int64_t R, int chunks, int64_t G, double eps, int mode,
+                                 double* __restrict__ d1, double* __restrict__ d2,  // [R] each (mode 0)
+                                 float* __restrict__ o1, float* __restrict__ o2) {  // [R] each or null
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < R;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     double s1 = 0, s2 = 0;
@@ -110,8 +114,11 @@ __global__ void ln_finish_kernel(const double* __restrict__ part,  // [R, chunks
       double mu = s1 / n;
       double var = s2 / n - mu * mu;
       if (var < 0) var = 0;
-      o1[r] = static_cast<float>(mu);
-      o2[r] = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
+      double rs = 1.0 / sqrt(var + eps);
+      d1[r] = mu;
+      d2[r] = rs;
+      if (o1) o1[r] = static_cast<float>(mu);
+      if (o2) o2[r] = static_cast<float>(rs);
     } else {
       o1[r] = static_cast<float>(s1 / n);
       o2[r] = static_cast<float>(s2 / n);
@@ -119,18 +126,18 @@ __global__ void ln_finish_kernel(const double* __restrict__ part,  // [R, chunks
   }
 }
 
-__global__ void ln_apply_kernel(const float* __restrict__ x,     // [R, G]
-                                const float* __restrict__ w,     // [C] or null
-                                const float* __restrict__ b,     // [C] or null
-                                const float* __restrict__ mean,  // [R]
-                                const float* __restrict__ rstd,  // [R]
+__global__ void ln_apply_kernel(const float* __restrict__ x,      // [R, G]
+                                const float* __restrict__ w,      // [C] or null
+                                const float* __restrict__ b,      // [C] or null
+                                const double* __restrict__ mean,  // [R]
+                                const double* __restrict__ rstd,  // [R]
                                 int64_t total, int64_t G, int C,
                                 float* __restrict__ y) {  // [R, G]
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t r = e / G;
     int c = static_cast<int>(e % C);
-    float t = (x[e] - mean[r]) * rstd[r];
+    float t = static_cast<float>((x[e] - mean[r]) * rstd[r]);
     if (w) t *= w[c];
     if (b) t += b[c];
     y[e] = t;
@@ -227,9 +234,11 @@ Dims dims_of(const TensorView& x, const OpArgs& a) {
   return d;
 }
 
-// Long-row statistics: mode 0 -> (mean, rstd) of x; mode 1 -> (mean g, mean g*xhat).
+// Long-row statistics: mode 0 -> (mean, rstd) of x into d1, d2 (double) and o1, o2 (float, optional);
+// mode 1 -> (mean g, mean g*xhat) into o1, o2.
 void long_row_stats(const Dims& d, const float* x, const float* dy, const float* w, const float* mean,
-                    const float* rstd, float eps, int mode, float* o1, float* o2, const char* what) {
+                    const float* rstd, double eps, int mode, double* d1, double* d2, float* o1, float* o2,
+                    const char* what) {
   int64_t chunks = ceil_div(d.G, kChunk);
   if (chunks > 2147483647 || d.R > 65535)
     throw Error(ErrorKind::range, "layernorm: expected at most 65535 groups of long rows for x");
@@ -238,7 +247,7 @@ void long_row_stats(const Dims& d, const float* x, const float* dy, const float*
       x, dy, w, mean, rstd, d.G, d.C, mode, part.as<double>());
   after_launch(what);
   ln_finish_kernel<<<grid_for(d.R, 128), 128, 0, stream()>>>(part.as<double>(), d.R, static_cast<int>(chunks), d.G,
-                                                            eps, mode, o1, o2);
+                                                            eps, mode, d1, d2, o1, o2);
   after_launch(what);
 }
 
@@ -247,7 +256,7 @@ void layernorm_fwd(const OpArgs& a) {
   const TensorView &y = a.out[0], &mo = a.out[1], &ro = a.out[2];  // y like x, mean[R]? rstd[R]?
   Dims d = dims_of(x, a);
   if (d.total == 0) return;
-  float eps = static_cast<float>(a.attr[0]);
+  double eps = a.attr[0];
   const float* W = w.present() ? w.f() : nullptr;
   const float* Bs = b.present() ? b.f() : nullptr;
   if (d.G <= kWarpMax) {
@@ -257,10 +266,10 @@ void layernorm_fwd(const OpArgs& a) {
     after_launch("layernorm forward");
     return;
   }
-  Scratch stats(static_cast<size_t>(2 * d.R) * sizeof(float));
-  float* mean = mo.present() ? mo.f() : stats.as<float>();
-  float* rstd = ro.present() ? ro.f() : stats.as<float>() + d.R;
-  long_row_stats(d, x.f(), nullptr, nullptr, nullptr, nullptr, eps, 0, mean, rstd, "layernorm forward");
+  Scratch stats(static_cast<size_t>(2 * d.R) * sizeof(double));
+  double *mean = stats.as<double>(), *rstd = stats.as<double>() + d.R;
+  long_row_stats(d, x.f(), nullptr, nullptr, nullptr, nullptr, eps, 0, mean, rstd, mo.present() ? mo.f() : nullptr,
+                 ro.present() ? ro.f() : nullptr, "layernorm forward");
   ln_apply_kernel<<<grid_for(d.total, 256), 256, 0, stream()>>>(x.f(), W, Bs, mean, rstd, d.total, d.G, d.C, y.f());
   after_launch("layernorm forward");
 }
@@ -279,7 +288,8 @@ void layernorm_bwd(const OpArgs& a) {
     } else {
       Scratch s(static_cast<size_t>(2 * d.R) * sizeof(float));
       float *mg = s.as<float>(), *mgx = s.as<float>() + d.R;
-      long_row_stats(d, x.f(), dy.f(), W, mean.f(), rstd.f(), 0.0f, 1, mg, mgx, "layernorm backward (dx)");
+      long_row_stats(d, x.f(), dy.f(), W, mean.f(), rstd.f(), 0.0, 1, nullptr, nullptr, mg, mgx,
+                     "layernorm backward (dx)");
       ln_bwd_dx_apply_kernel<<<grid_for(d.total, 256), 256, 0, stream()>>>(dy.f(), x.f(), W, mean.f(), rstd.f(), mg,
                                                                            mgx, d.total, d.G, d.C, dx.f());
       after_launch("layernorm backward (dx)");

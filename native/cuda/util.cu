@@ -1,10 +1,13 @@
 // cuda/util.cu: utility ops used by autograd and the optimizers: axpy, scale, sumsq, lerp, fill,
-// cast (any dtype to any dtype) and permute (any rank, any element size).
+// cast (any dtype to any dtype), permute (any rank, any element size), and the normal initialiser
+// (numeric.h's counter RNG and the reference's Box-Muller in double; device log/cos may differ from the
+// host's in the last bit of a double, which float results almost never show).
 // The arithmetic is done in double exactly as the reference does (memory-bound ops, so it costs nothing),
 // which makes these ops bit-identical to the reference. The half-precision conversions mirror
 // core/numeric.h (round to nearest even; NaN -> quiet NaN with the same bits).
 #include <cstring>
 
+#include "../core/numeric.h"
 #include "cuda_common.h"
 
 namespace mf::cuda {
@@ -150,6 +153,22 @@ __global__ void permute_kernel(const E* __restrict__ x, E* __restrict__ y, int64
   }
 }
 
+// ---- normal ----------------------------------------------------------------------------------------
+__device__ double normal01_device(uint64_t seed, uint64_t index, double limit) {  // as numeric.h normal01
+  for (uint64_t round = 0;; ++round) {
+    uint64_t base = (index * 2 + round * 0x9e3779b97f4a7c15ull) * 2;
+    double u1 = (static_cast<double>(mix64(mix64(seed) ^ base) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = static_cast<double>(mix64(mix64(seed) ^ (base + 1)) >> 11) * (1.0 / 9007199254740992.0);
+    double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+    if (limit <= 0 || fabs(z) <= limit) return z;
+  }
+}
+
+__global__ void normal_kernel(float* __restrict__ y, int64_t n, double mean, double sd, uint64_t seed,
+                              double limit) {  // y [n]
+  MF_GRID_STRIDE(i, n) y[i] = static_cast<float>(mean + sd * normal01_device(seed, static_cast<uint64_t>(i), limit));
+}
+
 // ---- host side -------------------------------------------------------------------------------------
 void axpy_fwd(const OpArgs& a) {  // x, y [...]
   int64_t n = a.out[0].numel();
@@ -229,6 +248,14 @@ void permute_fwd(const OpArgs& a) {  // x [d0..dk] -> y [d_perm0..d_permk]
   after_launch("permute");
 }
 
+void normal_fwd(const OpArgs& a) {  // -> y [...]; attrs: mean, std, seed, limit
+  int64_t n = a.out[0].numel();
+  if (!n) return;
+  normal_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(a.out[0].f(), n, a.attr[0], a.attr[1],
+                                                        static_cast<uint64_t>(a.attr[2]), a.attr[3]);
+  after_launch("normal");
+}
+
 }  // namespace
 }  // namespace mf::cuda
 
@@ -239,3 +266,4 @@ MF_REGISTER(cuda, lerp, mf::cuda::lerp_fwd, nullptr);
 MF_REGISTER(cuda, fill, mf::cuda::fill_fwd, nullptr);
 MF_REGISTER(cuda, cast, mf::cuda::cast_fwd, nullptr);
 MF_REGISTER(cuda, permute, mf::cuda::permute_fwd, nullptr);
+MF_REGISTER(cuda, normal, mf::cuda::normal_fwd, nullptr);

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# bench/gpu/check.sh: the CUDA backend's proof on a real GPU, in one command (about 5-8 minutes).
+#
+#   OUT=/some/dir bash bench/gpu/check.sh          (from the repository root; OUT defaults to ./gpu-out)
+#
+# Needs: an NVIDIA GPU with its driver, nvcc, CMake, a C++ compiler, cuBLAS (the toolkit's, or the
+# nvidia-cublas Python wheel that PyTorch installs: found automatically), Python with PyTorch for the
+# peer benchmarks (timm for the model peers). It does NOT need Node: the op checks, the model fixtures
+# and our model timings run from the C++ checker (native/cuda/tests), which replays model plans exported
+# beforehand on a machine with Node:
+#
+#   npm run build:ts && node dist/bench/gpu/export_plans.js build-gpu-plans     (writes ~10 MB)
+#
+# and carry build-gpu-plans along. Without it the model stages report SKIPPED.
+#
+# Stages (each reports PASS, FAIL or SKIPPED with the reason, in $OUT/check.log and the results):
+#   env        card, driver, toolkit, PyTorch
+#   build      standalone CMake build of metaformer_cuda_check for sm_90 with cuBLAS
+#   ops        every op, forward and backward, CUDA vs the reference backend (random odd shapes)
+#   fixtures   the five tiny model fixtures (logits, features, stage outputs) replayed on the GPU
+#   kernels    our depthwise 7x7 conv and attention kernels at MetaFormer shapes, B = 1, 64, 256
+#   models     our caformer_s18 / convformer_s18 forward at 224, B = 1, 64, 256 (fp32)
+#   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
+#              (eager fp32 / bf16, channels_last, torch.compile when time allows)
+#   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
+#   addon      SKIPPED here by design: the Node addon also needs oneDNN and Node; its CUDA code is the
+#              same objects the checker links
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+LOG=$OUT/check.log
+STAGES=$OUT/stages.tsv
+: > "$LOG"
+: > "$STAGES"
+START=$(date +%s)
+BUDGET=${CHECK_BUDGET_S:-465}   # the whole check must end within 8 minutes
+BUILD=${BUILD_DIR:-$ROOT/build-gpu}
+PLANS=${PLANS_DIR:-$ROOT/build-gpu-plans}
+CHECK=$BUILD/metaformer_cuda_check
+PY=${PYTHON:-python3}
+
+log() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+stage() {  # stage NAME STATUS REASON
+  printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$STAGES"
+  log "== $1: $2${3:+ ($3)}  [$(( $(date +%s) - START ))s]"
+}
+# run_limited SECONDS CMD...: runs CMD with a time limit that also respects the overall budget.
+run_limited() {
+  local want=$1; shift
+  local l; l=$(left)
+  (( l < 5 )) && return 124
+  (( want > l )) && want=$l
+  timeout --kill-after=5 "$want" "$@"
+}
+
+# --- env ------------------------------------------------------------------------------------------
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  nvcc --version 2>&1 | tail -1 | sed 's/^/nvcc: /'
+  cmake --version 2>&1 | head -1 | sed 's/^/cmake: /'
+  $PY -c 'import torch; print("torch:", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1
+} > "$OUT/env.txt"
+cat "$OUT/env.txt" | tee -a "$LOG"
+if nvidia-smi -L >/dev/null 2>&1; then stage env PASS "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+else stage env FAIL "nvidia-smi found no GPU"; fi
+
+# --- cuBLAS ---------------------------------------------------------------------------------------
+CUBLAS_ROOT_ARG=""
+for inc in /usr/local/cuda/include "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")/../include"; do
+  if [ -f "$inc/cublas_v2.h" ]; then CUBLAS_ROOT_ARG="-DMETAFORMER_CUBLAS_ROOT=$(cd "$inc/.." && pwd)"; break; fi
+done
+if [ -z "$CUBLAS_ROOT_ARG" ]; then
+  WHEEL=$($PY - <<'PYEOF' 2>/dev/null
+import os, glob
+try:
+    import nvidia
+    for base in list(nvidia.__path__):
+        for h in glob.glob(os.path.join(base, '**', 'include', 'cublas_v2.h'), recursive=True):
+            print(os.path.dirname(os.path.dirname(h))); raise SystemExit
+except ImportError:
+    pass
+PYEOF
+)
+  [ -n "$WHEEL" ] && CUBLAS_ROOT_ARG="-DMETAFORMER_CUBLAS_ROOT=$WHEEL"
+fi
+log "cuBLAS: ${CUBLAS_ROOT_ARG:-not found}"
+
+# --- build ----------------------------------------------------------------------------------------
+BUILT=0
+if [ -z "$CUBLAS_ROOT_ARG" ]; then
+  stage build FAIL "cuBLAS not found (neither the toolkit's nor the nvidia-cublas wheel's)"
+else
+  GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
+  if run_limited 240 bash -c "cmake -S native/cuda/tests -B '$BUILD' $GEN -DCMAKE_BUILD_TYPE=Release $CUBLAS_ROOT_ARG \
+        -DCMAKE_CUDA_ARCHITECTURES=\${CUDA_ARCH:-90} && cmake --build '$BUILD' -j \$(nproc)" > "$OUT/build.log" 2>&1 \
+     && [ -x "$CHECK" ]; then
+    BUILT=1; stage build PASS "$(grep -c 'Building' "$OUT/build.log") objects in $(( $(date +%s) - START ))s"
+  else
+    tail -30 "$OUT/build.log" | tee -a "$LOG"
+    stage build FAIL "see build.log"
+  fi
+fi
+# The checker finds cuBLAS through its RPATH; the wheel's other libraries through LD_LIBRARY_PATH.
+if [ -n "${WHEEL:-}" ]; then export LD_LIBRARY_PATH="$WHEEL/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+
+OURS=$OUT/ours.jsonl
+: > "$OURS"
+need_build() { if [ $BUILT = 1 ]; then return 0; fi; stage "$1" SKIPPED "the checker did not build"; return 1; }
+
+# --- ops ------------------------------------------------------------------------------------------
+if need_build ops; then
+  run_limited 150 "$CHECK" --ops --json "$OUT/ops.part" 2>&1 | tee -a "$LOG" | grep -E '^(FAIL|SKIP)|passed, ' 
+  rc=${PIPESTATUS[0]}
+  cat "$OUT/ops.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/ops.part"
+  summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOG" | tail -1)
+  if [ "$rc" = 0 ]; then stage ops PASS "$summary"
+  elif [ "$rc" = 124 ]; then stage ops FAIL "timed out"
+  else stage ops FAIL "${summary:-exit $rc}"; fi
+fi
+
+# --- fixtures -------------------------------------------------------------------------------------
+if need_build fixtures; then
+  if ls "$PLANS"/*_tiny_*.plan >/dev/null 2>&1; then
+    run_limited 90 "$CHECK" --plans "$PLANS" --filter _tiny_ --json "$OUT/fx.part" > "$OUT/fx.log" 2>&1
+    rc=$?
+    cat "$OUT/fx.log" >> "$LOG"; grep -E '^FAIL' "$OUT/fx.log"
+    cat "$OUT/fx.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/fx.part" "$OUT/fx.log"
+    summary=$(tail -1 "$LOG")
+    if [ "$rc" = 0 ]; then stage fixtures PASS "$summary"; else stage fixtures FAIL "${summary} (exit $rc)"; fi
+  else
+    stage fixtures SKIPPED "no exported plans in $PLANS (run export_plans.js where Node is, carry the folder)"
+  fi
+fi
+
+# --- kernels --------------------------------------------------------------------------------------
+if need_build kernels; then
+  run_limited 100 "$CHECK" --bench --json "$OUT/k.part" 2>&1 | tee -a "$LOG" | grep -E '^BENCH|^FAIL'
+  rc=${PIPESTATUS[0]}
+  cat "$OUT/k.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/k.part"
+  if [ "$rc" = 0 ]; then stage kernels PASS "$(grep -c '"bench"' "$OURS") timings"
+  else stage kernels FAIL "exit $rc"; fi
+fi
+
+# --- models (ours) --------------------------------------------------------------------------------
+if need_build models; then
+  if ls "$PLANS"/*_s18_b*.plan >/dev/null 2>&1; then
+    run_limited 80 "$CHECK" --plans "$PLANS" --filter _s18_ --time-plans --json "$OUT/m.part" 2>&1 | tee -a "$LOG" \
+      | grep -E '^BENCH|^FAIL'
+    rc=${PIPESTATUS[0]}
+    cat "$OUT/m.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/m.part"
+    if [ "$rc" = 0 ]; then stage models PASS "$(grep -c '"model","name"' "$OURS") timings"
+    else stage models FAIL "exit $rc"; fi
+  else
+    stage models SKIPPED "no exported caformer_s18/convformer_s18 plans in $PLANS"
+  fi
+fi
+
+# --- torch ----------------------------------------------------------------------------------------
+T=$(( $(left) - 25 ))
+if ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+  stage torch SKIPPED "PyTorch with CUDA is not importable"
+elif (( T < 30 )); then
+  stage torch SKIPPED "no time left (${T}s)"
+else
+  PYTHONUNBUFFERED=1 run_limited "$T" $PY bench/gpu/torch_peer.py --out "$OUT/torch.jsonl" --deadline $(( T - 10 )) \
+    2>&1 | tee -a "$LOG" | grep -E '^(PEER|SKIP|ERROR)'
+  rc=${PIPESTATUS[0]}
+  n=$(grep -c . "$OUT/torch.jsonl" 2>/dev/null)
+  if [ "$rc" = 0 ]; then stage torch PASS "$n timings"
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then stage torch PASS "$n timings; stopped at the time limit"
+  else stage torch FAIL "exit $rc ($n timings kept)"; fi
+fi
+
+stage addon SKIPPED "the Node addon needs Node and oneDNN; the checker links the same CUDA objects"
+
+# --- report ---------------------------------------------------------------------------------------
+if $PY bench/gpu/report.py --out "$OUT" >> "$LOG" 2>&1; then stage report PASS "$OUT/RESULTS-gpu.md"
+else stage report FAIL "see check.log"; fi
+log ""
+column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
+rm -f "$OUT/stages.tsv.tmp"
+grep -q $'\tFAIL\t' "$STAGES" && exit 1
+exit 0

@@ -1,0 +1,126 @@
+"""Builds RESULTS-gpu.md and results.json from a bench/gpu/check.sh run.
+
+    python3 bench/gpu/report.py --out OUT
+
+Reads OUT/env.txt, OUT/stages.tsv, OUT/ours.jsonl (checker: op checks, model fixtures, kernel and model
+timings) and OUT/torch.jsonl (torch_peer.py). Ratios are PyTorch time / our time: above 1 means ours is
+faster. Needs only the Python standard library.
+"""
+import argparse
+import json
+import os
+
+
+def read_jsonl(path):
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass
+    return rows
+
+
+def fmt(v, nd=3):
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def ratio(theirs, ours):
+    return None if not theirs or not ours else theirs / ours
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out = args.out
+    env = open(os.path.join(out, "env.txt")).read().strip() if os.path.exists(os.path.join(out, "env.txt")) else ""
+    stages = []
+    if os.path.exists(os.path.join(out, "stages.tsv")):
+        for line in open(os.path.join(out, "stages.tsv")):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) >= 2:
+                stages.append(dict(stage=parts[0], status=parts[1], detail=parts[2] if len(parts) > 2 else ""))
+    ours = read_jsonl(os.path.join(out, "ours.jsonl"))
+    torch_rows = read_jsonl(os.path.join(out, "torch.jsonl"))
+
+    checks = [r for r in ours if "check" in r]
+    failed_checks = sorted({r["check"] for r in checks if not r.get("ok")})
+    fixtures = [r for r in ours if "model" in r and "output" in r]
+    kern = [r for r in ours if r.get("bench") in ("dwconv7x7", "attention")]
+    mods = [r for r in ours if r.get("bench") == "model"]
+
+    def peer(kind, d, shape, batch, dtype, variant=None):
+        for r in torch_rows:
+            if (r.get("kind") == kind and r.get("dir") == d and r.get("shape") == shape and r.get("batch") == batch
+                    and r.get("dtype") == dtype and (variant is None or r.get("variant") == variant)):
+                return r["ms"]
+        return None
+
+    def peer_model(name, batch, dtype, variant):
+        for r in torch_rows:
+            if (r.get("kind") == "model" and r.get("model") == name and r.get("batch") == batch and r.get("dtype") == dtype
+                    and r.get("variant") == variant):
+                return r
+        return None
+
+    lines = ["# GPU results", "", "Produced by `bench/gpu/check.sh` (one run; medians of CUDA-event timings).", ""]
+    lines += ["## Machine", "", "```", env, "```", ""]
+    lines += ["## Stages", "", "| stage | status | detail |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['status']} | {s['detail']} |" for s in stages]
+    lines += ["", "## Op checks (CUDA vs the reference backend)", ""]
+    n_ok = len({r["check"] for r in checks}) - len(failed_checks)
+    lines.append(f"{n_ok} checks passed, {len(failed_checks)} failed (relative L2 per output; tolerances in "
+                 "native/cuda/tests/check_ops.cpp).")
+    for c in failed_checks:
+        lines.append(f"- FAILED: {c}")
+    if fixtures:
+        lines += ["", "## Model fixtures on the GPU (float64 reference, per-tensor suggested tolerance)", "",
+                  "| plan | output | rel L2 | tolerance | ok |", "|---|---|---|---|---|"]
+        for r in fixtures:
+            lines.append(f"| {r['model']} | {r.get('output', '')} | {r.get('rel_l2', float('nan')):.2e} | "
+                         f"{r.get('tol', 0):.1e} | {'yes' if r.get('ok') else 'NO'} |")
+    if kern:
+        lines += ["", "## Kernels: ours (fp32) beside PyTorch (cuDNN depthwise conv / scaled_dot_product_attention)", "",
+                  "Ratio = PyTorch fp32 ms / our ms (above 1: ours faster). PyTorch bf16 for reference.", "",
+                  "| kernel | dir | shape | B | ours fp32 ms | GB/s | PyTorch fp32 ms | ratio | PyTorch bf16 ms |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in kern:
+            kind = r["bench"]
+            t32 = peer(kind, r["dir"], r["shape"], r["batch"], "float32")
+            t16 = peer(kind, r["dir"], r["shape"], r["batch"], "bfloat16")
+            lines.append(f"| {kind} | {r['dir']} | {r['shape']} | {r['batch']} | {fmt(r['ms'], 4)} | {r['gbps']:.0f} | "
+                         f"{fmt(t32, 4)} | {fmt(ratio(t32, r['ms']), 2)} | {fmt(t16, 4)} |")
+    model_names = sorted({r["name"].rsplit("_b", 1)[0] for r in mods} |
+                         {r["model"] for r in torch_rows if r.get("kind") == "model"})
+    if model_names:
+        lines += ["", "## Models at 224x224 (inference, images/s)", "",
+                  "Ours: fp32 plan replay (no bf16 path yet). PyTorch: timm, channels_last, TF32 off.", "",
+                  "| model | B | ours fp32 | PyTorch eager fp32 | ratio fp32 | PyTorch eager bf16 | PyTorch compile bf16 |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in model_names:
+            for b in (1, 64, 256):
+                o = next((r for r in mods if r["name"] == f"{name}_b{b}"), None)
+                e32 = peer_model(name, b, "float32", "eager")
+                e16 = peer_model(name, b, "bfloat16", "eager")
+                c16 = peer_model(name, b, "bfloat16", "compile")
+                ours_ips = o["img_per_s"] if o else None
+                r32 = ratio(ours_ips, e32["img_per_s"]) if (ours_ips and e32) else None
+                lines.append(f"| {name} | {b} | {fmt(ours_ips, 1)} | {fmt(e32 and e32['img_per_s'], 1)} | {fmt(r32, 2)} | "
+                             f"{fmt(e16 and e16['img_per_s'], 1)} | {fmt(c16 and c16['img_per_s'], 1)} |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "RESULTS-gpu.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(dict(env=env, stages=stages, failed_checks=failed_checks, fixtures=fixtures, kernels=kern,
+                       models=mods, torch=torch_rows), f, indent=1)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
