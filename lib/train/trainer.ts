@@ -254,15 +254,19 @@ export class Trainer {
       const done = batch.index + 1;
       if (this.pendingMicro >= this.accumSteps || done === total) this.optimizerStep();
       this.onStep?.({ epoch, step: this.step, iteration: this.iteration, loss, lr, batchSize: bs });
+      // images/s over a window of up to 5 s that starts after the first batch (start-up excluded)
       const now = Date.now();
-      if (now - windowStart >= 2000 || rate === 0) {
-        rate = (1000 * windowImages) / Math.max(1, now - windowStart);
-        if (now - windowStart >= 2000) {
-          windowImages = 0;
+      if (batches === 1) {
+        windowStart = now;
+        windowImages = 0;
+      } else if (now - windowStart >= 500) {
+        rate = (1000 * windowImages) / (now - windowStart);
+        if (now - windowStart >= 5000) {
           windowStart = now;
+          windowImages = 0;
         }
       }
-      const eta = ((total - done) * (images / batches)) / Math.max(rate, 1e-9);
+      const eta = rate > 0 ? ((total - done) * (images / batches)) / rate : NaN;
       this.progress.update(label, done, total,
         `loss ${lossMean.value.toFixed(4)} acc ${((100 * correct) / Math.max(1, images)).toFixed(1)}% lr ${lr.toExponential(2)} ${rate.toFixed(1)} img/s ETA ${fmtTime(eta)}`);
       if (this.step % this.logInterval === 0) {
