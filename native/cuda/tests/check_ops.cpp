@@ -121,11 +121,6 @@ HT uniform(std::vector<int64_t> shape, float lo, float hi) {
   return t;
 }
 
-HT full(std::vector<int64_t> shape, float v) {
-  HT t = make(std::move(shape));
-  for (int64_t i = 0; i < t.numel(); ++i) t.f()[i] = v;
-  return t;
-}
 
 HT nan_like(std::vector<int64_t> shape, DType dt = DType::f32) {
   HT t = make(std::move(shape), dt);
