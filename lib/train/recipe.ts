@@ -295,9 +295,7 @@ export async function measureThroughput(opts: TrainRunOptions, seconds: number, 
     run.model.train();
     outer: for (;;) {
       for await (const batch of t.trainLoader) {
-        const { loss } = t.forwardBackward(batch);
-        (t as unknown as { pendingMicro: number }).pendingMicro += 1;
-        t.optimizerStep();
+        const { loss } = t.trainStep(batch, true);
         if (Number.isNaN(first)) first = loss;
         last = loss;
         steps += 1;

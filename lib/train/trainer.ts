@@ -211,6 +211,18 @@ export class Trainer {
     return { loss: r.loss, correct: topkCorrect(r.logits, r.k, batch.labels, [1])[0]! };
   }
 
+  /**
+   * One micro-batch of training: forward / backward, and the optimizer update when `accumSteps` micro-batches
+   * have accumulated (or `flush`, at the end of an epoch). Returns the loss and the top-1 correct count.
+   */
+  trainStep(batch: Batch, flush = false): { loss: number; correct: number } {
+    const r = this.forwardBackward(batch);
+    this.pendingMicro += 1;
+    this.step += 1;
+    if (this.pendingMicro >= this.accumSteps || flush) this.optimizerStep();
+    return r;
+  }
+
   /** Applies the accumulated gradients: lr from the schedule, clipping, update, EMA. */
   optimizerStep(): void {
     if (this.pendingMicro === 0) return;
@@ -241,18 +253,15 @@ export class Trainer {
     this.model.train();
     const label = `epoch ${epoch + 1}/${this.epochs}`;
     for await (const batch of loader) {
-      const { loss, correct: c } = this.forwardBackward(batch);
+      const lr = this.lr;  // the rate this micro-batch's update uses
+      const done = batch.index + 1;
+      const { loss, correct: c } = this.trainStep(batch, done === total);
       const bs = batch.labels.length;
-      this.pendingMicro += 1;
-      this.step += 1;
       lossMean.add(loss, bs);
       correct += c;
       images += bs;
       batches += 1;
       windowImages += bs;
-      const lr = this.lr;
-      const done = batch.index + 1;
-      if (this.pendingMicro >= this.accumSteps || done === total) this.optimizerStep();
       this.onStep?.({ epoch, step: this.step, iteration: this.iteration, loss, lr, batchSize: bs });
       // images/s over a window of up to 5 s that starts after the first batch (start-up excluded)
       const now = Date.now();

@@ -147,6 +147,25 @@ describe('Trainer', () => {
     }
   });
 
+  it('gradient accumulation (2 x 8) matches one batch of 16 (SGD: sensitive to the 1 / accumSteps factor)', async () => {
+    const final: Float32Array[][] = [];
+    for (const [bs, accum] of [[16, 1], [8, 2]] as const) {
+      manualSeed(4);
+      const model = createModel({ ...TINY, depths: [...TINY.depths], dims: [...TINY.dims] });
+      const loader = new DataLoader(synthetic(64, 3), { batchSize: bs, shuffle: true, seed: 5, transform: { ...evalSpec, size: [16, 16] } });
+      const optimizer = createOptimizer('sgd', model, { lr: 0.05 });  // SGD: unlike Adam, sensitive to the gradient scale
+      const trainer = new Trainer({ model, optimizer, trainLoader: loader, epochs: 1, accumSteps: accum, clipGrad: 100, progress: 'none', log: () => undefined });
+      await trainer.fit();
+      expect(trainer.iteration).toBe(4);
+      final.push([...model.namedParameters()].map(([, p]) => p.toFloat32Array()));
+      optimizer.dispose();
+      model.dispose();
+    }
+    let worst = 0;
+    final[0]!.forEach((a, i) => a.forEach((v, j) => { worst = Math.max(worst, Math.abs(v - final[1]![i]![j]!)); }));
+    expect(worst).toBeLessThan(2e-5);
+  });
+
   it('a checkpoint write that fails midway leaves the previous checkpoint loadable', async () => {
     const dir = path.join(tmp, 'crash');
     const run = makeRun({ epochs: 1, outDir: dir });
