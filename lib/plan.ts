@@ -8,7 +8,7 @@ import { DTYPE_CODE } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, type NativePlan, OP, type OpName, type PlanSpec } from './native.js';
 import { noGrad } from './autograd/node.js';
 import { expectation, expectationText, Tensor } from './tensor.js';
-import { traced } from './trace.js';
+import { traced, type TracedStep } from './trace.js';
 
 /** Outputs an op may leave absent (statistics that only backward needs). */
 const OPTIONAL_OUTPUTS: Partial<Record<OpName, number[]>> = { layernorm: [1, 2], attention: [1] };
@@ -18,6 +18,8 @@ export interface CompiledPlan {
   readonly outputShapes: readonly (readonly number[])[];
   readonly arenaBytes: number;
   readonly steps: number;
+  /** Multiply-accumulates of one run (GEMMs, convolutions, attention, mixing). */
+  readonly macs: number;
   run(input: Tensor): Promise<Tensor[]>;
   runSync(input: Tensor): Tensor[];
   /** Runs once, synchronously, timing every step: [{ op, shape of the first output, seconds }]. */
@@ -51,6 +53,22 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
     return build(trace, input, outputs, backend);
   } finally {
     for (const t of trace.created) t.dispose();
+  }
+}
+
+const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+/** Multiply-accumulates of one forward step (0 for memory-bound ops). */
+export function stepMacs(s: TracedStep): number {
+  const x = s.ins[0], w = s.ins[1], y = s.outs[0];
+  if (s.dir !== 0 || !x || !y) return 0;
+  switch (s.op) {
+    case 'linear': return numel(y.shape) * w!.shape[1]!;
+    case 'conv2d': return numel(y.shape) * w!.shape[1]! * w!.shape[2]! * w!.shape[3]!;
+    case 'dwconv2d': return numel(y.shape) * w!.shape[2]! * w!.shape[3]!;
+    case 'attention': return 2 * numel(y.shape) * x.shape[1]!;
+    case 'random_mixing': return numel(y.shape) * x.shape[1]!;
+    default: return 0;
   }
 }
 
@@ -120,6 +138,7 @@ function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs
     steps,
   };
   const plan: NativePlan = new addon.Plan(spec);
+  const macs = trace.steps.reduce((sum, s) => sum + stepMacs(s), 0);
   const stepInfo = trace.steps.map((s) => ({ op: s.op, shape: [...(s.outs.find((o) => o)?.shape ?? [])] }));
   const inputShape = [...input.shape];
   const rootShapes = outRoots.map((r) => [...r.shape]);
@@ -147,6 +166,7 @@ function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs
     outputShapes: finalShapes,
     arenaBytes: plan.arenaBytes,
     steps: steps.length,
+    macs,
     async run(x: Tensor): Promise<Tensor[]> {
       checkInput(x);
       const outs = allocOutputs();

@@ -9,6 +9,7 @@ import { infoCommand } from './info.js';
 import { listModelsCommand } from './list-models.js';
 import { trainCommand } from './train.js';
 import { evalCommand } from './eval.js';
+import { benchCommand } from './bench.js';
 
 export const COMMANDS: readonly Command[] = [
   classifyCommand,
@@ -17,4 +18,5 @@ export const COMMANDS: readonly Command[] = [
   listModelsCommand,
   trainCommand,
   evalCommand,
+  benchCommand,
 ];

@@ -1,0 +1,162 @@
+/**
+ * Kernel benchmarks at MetaFormer-S18 shapes (batch 1, 224x224), forward and backward, on the fast
+ * CPU backend: median time and achieved GFLOP/s (compute-bound ops, against oneDNN's large-square GEMM
+ * rate measured in the same run) or GB/s (memory-bound ops, against a streaming kernel over the same
+ * working-set size). PyTorch's depthwise conv and attention run side by side when it is installed.
+ */
+import { addon, BACKEND_ID, OP, type OpName } from '../lib/native.js';
+import { Tensor } from '../lib/tensor.js';
+import { runTorch } from './lib/peers.js';
+import { fmt, median, timeSync } from './lib/timing.js';
+
+interface KernelCase {
+  name: string;
+  op: OpName;
+  dir: 0 | 1;
+  ins: (number[] | null | 'ids')[];
+  outs: (number[] | null)[];
+  attrs: number[];
+  /** floating-point operations (compute-bound) or bytes moved at minimum (memory-bound) */
+  flops?: number;
+  bytes?: number;
+}
+
+export interface KernelRow {
+  name: string;
+  ms: number;
+  rate: string;
+  ceiling: string;
+  efficiency: number;
+  torchMs?: number;
+}
+
+const F = 4;  // bytes per float
+const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
+
+function cases(): KernelCase[] {
+  const out: KernelCase[] = [];
+  const gemm = (name: string, M: number, K: number, N: number) => {
+    out.push({ name: `linear ${name} fwd [${M}x${K}]·[${N}x${K}]ᵀ`, op: 'linear', dir: 0, ins: [[M, K], [N, K], null], outs: [[M, N]], attrs: [], flops: 2 * M * K * N });
+    out.push({ name: `linear ${name} bwd`, op: 'linear', dir: 1, ins: [[M, N], [M, K], [N, K]], outs: [[M, K], [N, K], null], attrs: [], flops: 4 * M * K * N });
+  };
+  gemm('mlp.fc1 s1', 3136, 64, 256);
+  gemm('mlp.fc2 s1', 3136, 256, 64);
+  gemm('qkv s3', 196, 320, 960);
+  gemm('mlp.fc1 s3', 196, 320, 1280);
+  gemm('mlp.fc1 s4', 49, 512, 2048);
+  const conv = (name: string, x: number[], w: number[], s: number, p: number, nchw: number, y: number[]) => {
+    const fl = 2 * numel(y) * w[1]! * w[2]! * w[3]!;
+    out.push({ name: `conv2d ${name} fwd`, op: 'conv2d', dir: 0, ins: [x, w, [w[0]!]], outs: [y], attrs: [s, p, nchw], flops: fl });
+    out.push({ name: `conv2d ${name} bwd`, op: 'conv2d', dir: 1, ins: [y, x, w], outs: [x, w, [w[0]!]], attrs: [s, p, nchw], flops: 2 * fl });
+  };
+  conv('stem 3→64 k7s4', [1, 3, 224, 224], [64, 3, 7, 7], 4, 2, 1, [1, 56, 56, 64]);
+  conv('down 64→128 k3s2', [1, 56, 56, 64], [128, 64, 3, 3], 2, 1, 0, [1, 28, 28, 128]);
+  conv('down 320→512 k3s2', [1, 14, 14, 320], [512, 320, 3, 3], 2, 1, 0, [1, 7, 7, 512]);
+  for (const [H, C] of [[56, 128], [28, 256], [14, 640]] as const) {
+    const x = [1, H, H, C], fl = 2 * numel(x) * 49;
+    out.push({ name: `dwconv2d 7x7 [1,${H},${H},${C}] fwd`, op: 'dwconv2d', dir: 0, ins: [x, [C, 1, 7, 7], null], outs: [x], attrs: [], flops: fl });
+    out.push({ name: `dwconv2d 7x7 [1,${H},${H},${C}] bwd`, op: 'dwconv2d', dir: 1, ins: [x, x, [C, 1, 7, 7]], outs: [x, [C, 1, 7, 7], null], attrs: [], flops: 2 * fl });
+  }
+  for (const [N, heads] of [[196, 10], [49, 16]] as const) {
+    const A = heads * 32, fl = 4 * N * N * A;
+    out.push({ name: `attention N${N} ${heads}x32 fwd`, op: 'attention', dir: 0, ins: [[1, N, 3 * A]], outs: [[1, N, A], [1, heads, N]], attrs: [32, 32 ** -0.5], flops: fl });
+    out.push({ name: `attention N${N} ${heads}x32 bwd`, op: 'attention', dir: 1, ins: [[1, N, A], [1, N, 3 * A], [1, N, A], [1, heads, N]], outs: [[1, N, 3 * A]], attrs: [32, 32 ** -0.5], flops: 2.5 * fl });
+  }
+  out.push({ name: 'random_mixing N196 C320 fwd', op: 'random_mixing', dir: 0, ins: [[1, 196, 320], [196, 196]], outs: [[1, 196, 320]], attrs: [], flops: 2 * 196 * 196 * 320 });
+  out.push({ name: 'random_mixing N196 C320 bwd', op: 'random_mixing', dir: 1, ins: [[1, 196, 320], [1, 196, 320], [196, 196]], outs: [[1, 196, 320], [196, 196]], attrs: [], flops: 4 * 196 * 196 * 320 });
+  const mem = (name: string, op: OpName, dir: 0 | 1, ins: (number[] | null | 'ids')[], outs: (number[] | null)[], attrs: number[], bytes: number) =>
+    out.push({ name, op, dir, ins, outs, attrs, bytes });
+  const act = [1, 56, 56, 64], n = numel(act), hid = [1, 56, 56, 256], nh = numel(hid);
+  mem('layernorm c [1,56,56,64] fwd', 'layernorm', 0, [act, [64], null], [act, [3136], [3136]], [1e-6, 64], 2 * n * F);
+  mem('layernorm c [1,56,56,64] bwd', 'layernorm', 1, [act, act, [64], [3136], [3136]], [act, [64], null], [1e-6, 64], 3 * n * F);
+  mem('layernorm hwc [1,56,56,64] fwd', 'layernorm', 0, [act, [64], null], [act, [1], [1]], [1e-6, n], 2 * n * F);
+  mem('layernorm hwc [1,56,56,64] bwd', 'layernorm', 1, [act, act, [64], [1], [1]], [act, [64], null], [1e-6, n], 3 * n * F);
+  mem('starrelu [1,56,56,256] fwd', 'starrelu', 0, [hid, [1], [1]], [hid], [], 2 * nh * F);
+  mem('starrelu [1,56,56,256] bwd', 'starrelu', 1, [hid, hid, [1]], [hid, [1], [1]], [], 3 * nh * F);
+  mem('pool [1,56,56,64] fwd', 'pool', 0, [act], [act], [], 2 * n * F);
+  mem('pool [1,56,56,64] bwd', 'pool', 1, [act], [act], [], 2 * n * F);
+  mem('scale_add [1,56,56,64] fwd', 'scale_add', 0, [act, [64], act], [act], [], 3 * n * F);
+  mem('scale_add [1,56,56,64] bwd', 'scale_add', 1, [act, act, [64]], [act, [64], act], [], 4 * n * F);
+  mem('mean_hw [1,7,7,512] fwd', 'mean_hw', 0, [[1, 7, 7, 512]], [[1, 512]], [], 49 * 512 * F);
+  mem('mean_hw [1,7,7,512] bwd', 'mean_hw', 1, [[1, 512]], [[1, 7, 7, 512]], [], 49 * 512 * F);
+  mem('dropout [1,56,56,64] fwd', 'dropout', 0, [act], [act], [0.1, 1, 7, 0], 2 * n * F);
+  mem('dropout [1,56,56,64] bwd', 'dropout', 1, [act], [act], [0.1, 1, 7, 0], 2 * n * F);
+  mem('cross_entropy [32,1000] fwd', 'cross_entropy', 0, [[32, 1000], 'ids'], [[]], [0.1], 32000 * F);
+  mem('cross_entropy [32,1000] bwd', 'cross_entropy', 1, [[], [32, 1000], 'ids'], [[32, 1000]], [0.1], 2 * 32000 * F);
+  const P = 1 << 20;
+  mem('adamw 1M params', 'adamw', 0, [[P]], [[P], [P], [P]], [1e-3, 0.9, 0.999, 1e-8, 0.05, 10, 1], 7 * P * F);
+  mem('lamb 1M params', 'lamb', 0, [[P]], [[P], [P], [P]], [1e-3, 0.9, 0.999, 1e-6, 0.05, 10, 1, 0], 10 * P * F);
+  mem('sgd 1M params', 'sgd', 0, [[P]], [[P], [P]], [0.1, 0.9, 0, 1e-4, 0, 1, 0], 5 * P * F);
+  return out;
+}
+
+function tensorFor(spec: number[] | null | 'ids'): Tensor | null {
+  if (spec === null) return null;
+  if (spec === 'ids') return Tensor.from(Int32Array.from({ length: 32 }, (_, i) => (i * 37) % 1000), [32]);
+  const t = Tensor.empty(spec);
+  const v = t.view<'float32'>();
+  for (let i = 0; i < v.length; ++i) v[i] = Math.sin(i * 0.7) * 0.5 + 0.5;  // positive: valid optimizer state too
+  return t;
+}
+
+function timeCase(c: KernelCase, iters: number): number {
+  const ins = c.ins.map(tensorFor), outs = c.outs.map((s) => tensorFor(s));
+  const run = () => addon.run(OP[c.op], c.dir, BACKEND_ID.cpu, ins.map((t) => t?._h ?? null), outs.map((t) => t?._h ?? null), c.attrs);
+  const t = median(timeSync(run, iters, 2));
+  for (const x of [...ins, ...outs]) x?.dispose();
+  return t;
+}
+
+/** oneDNN's large-square rate, GFLOP/s. */
+function gemmCeiling(iters: number): number {
+  const n = 1024;
+  const t = timeCase({ name: 'ceiling', op: 'linear', dir: 0, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters);
+  return (2 * n ** 3) / t / 1e9;
+}
+
+/** Streaming bandwidth (GB/s) for a working set of `bytes`: axpy reads two arrays and writes one. */
+const bwCache = new Map<number, number>();
+function bandwidth(bytes: number, iters: number): number {
+  const n = Math.max(1024, Math.round(bytes / 12));
+  const key = Math.round(Math.log2(n) * 4);
+  if (!bwCache.has(key)) {
+    const t = timeCase({ name: 'bw', op: 'axpy', dir: 0, ins: [[n]], outs: [[n]], attrs: [1e-3] }, Math.max(iters, 20));
+    bwCache.set(key, (12 * n) / t / 1e9);
+  }
+  return bwCache.get(key)!;
+}
+
+export interface KernelResults {
+  gemmCeiling: number;
+  rows: KernelRow[];
+  torch: Record<string, number> | { error: string };
+}
+
+export function runKernels(opts: { iters: number; torch: boolean; log: (s: string) => void }): KernelResults {
+  const ceiling = gemmCeiling(opts.iters);
+  opts.log(`GEMM ceiling (oneDNN, 1024^3): ${fmt(ceiling, 1)} GFLOP/s`);
+  const torchRaw = opts.torch ? runTorch({ kind: 'kernels', iters: Math.max(opts.iters, 10), warmup: 3 }) : { error: 'not run' };
+  const torch: Record<string, number> | { error: string } = 'error' in torchRaw
+    ? (torchRaw as { error: string })
+    : Object.fromEntries(Object.entries(torchRaw).filter(([, v]) => Array.isArray(v)).map(([k, v]) => [k, median(v as number[])]));
+  const rows: KernelRow[] = [];
+  for (const c of cases()) {
+    const t = timeCase(c, opts.iters);
+    let row: KernelRow;
+    if (c.flops) {
+      const rate = c.flops / t / 1e9;
+      row = { name: c.name, ms: t * 1e3, rate: `${fmt(rate, 1)} GFLOP/s`, ceiling: `${fmt(ceiling, 0)} GFLOP/s`, efficiency: rate / ceiling };
+    } else {
+      const rate = c.bytes! / t / 1e9, bw = bandwidth(c.bytes!, opts.iters);
+      row = { name: c.name, ms: t * 1e3, rate: `${fmt(rate, 1)} GB/s`, ceiling: `${fmt(bw, 0)} GB/s`, efficiency: rate / bw };
+    }
+    if (!('error' in torch)) {
+      if (c.name.startsWith('dwconv2d 7x7 [1,56,56,128] fwd')) row.torchMs = (torch.dwconv7x7_1x56x56x128 ?? NaN) * 1e3;
+      if (c.name.startsWith('attention N196 10x32 fwd')) row.torchMs = (torch.attention_core_1x196x10x32 ?? NaN) * 1e3;
+    }
+    rows.push(row);
+    opts.log(`${c.name.padEnd(44)} ${fmt(row.ms, 3).padStart(9)} ms  ${row.rate.padStart(14)}  ${(100 * row.efficiency).toFixed(0).padStart(4)}% of ${row.ceiling}` +
+      (row.torchMs ? `  (PyTorch ${fmt(row.torchMs, 3)} ms, ${fmt(row.torchMs / row.ms, 2)}x)` : ''));
+  }
+  return { gemmCeiling: ceiling, rows, torch };
+}

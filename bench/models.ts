@@ -1,0 +1,84 @@
+/**
+ * Model benchmarks: the five S-size models at 224x224, batch 1 latency and batch 32 throughput, for
+ * metaformer (predict(), the async path users call), onnxruntime-node (CPU EP, 2 intra-op threads, all
+ * graph optimisations, on the ONNX file our exporter writes from the same weights) and PyTorch 1.13
+ * (the same weights, tuned as PITFALLS.md says). Rounds alternate the three, medians over all runs.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { toOnnxBytes } from '../lib/io/onnx.js';
+import { writeSafetensors } from '../lib/io/tensors.js';
+import { createModel, type MetaFormer } from '../lib/models/index.js';
+import { Tensor } from '../lib/tensor.js';
+import { loadOrt, runTorch } from './lib/peers.js';
+import { fmt, median, timeAsync } from './lib/timing.js';
+
+export interface ModelRow {
+  model: string;
+  batch: number;
+  oursMs: number;
+  ortMs: number;
+  torchMs: number;
+  gflop: number;
+}
+
+/** GFLOP of one image's forward pass (2 per multiply-accumulate, counted from the traced plan). */
+export function modelGflop(model: MetaFormer, size = 224): number {
+  return (2 * model.plan([1, 3, size, size]).macs) / 1e9;
+}
+
+export async function runModels(opts: {
+  models: string[];
+  batches: number[];
+  rounds: number;
+  iters: number;
+  torch: boolean;
+  ort: boolean;
+  log: (s: string) => void;
+}): Promise<ModelRow[]> {
+  const ort = opts.ort ? await loadOrt() : null;
+  const rows: ModelRow[] = [];
+  const dir = mkdtempSync(path.join(tmpdir(), 'metaformer-bench-'));
+  try {
+    for (const name of opts.models) {
+      const model = createModel(name);
+      model.eval();
+      const weights = path.join(dir, `${name}.safetensors`);
+      if (opts.torch) await writeSafetensors(weights, model.stateDict());
+      const gflop = modelGflop(model);
+      for (const batch of opts.batches) {
+        const x = Tensor.zeros([batch, 3, 224, 224]);
+        const xs = new Float32Array(batch * 3 * 224 * 224).map((_, i) => Math.sin(i * 0.001));
+        x.view<'float32'>().set(xs);
+        const session = ort
+          ? await ort.InferenceSession.create(toOnnxBytes(model, { batch }), { graphOptimizationLevel: 'all', intraOpNumThreads: 2, interOpNumThreads: 1 })
+          : null;
+        const feeds = ort ? { input: new ort.Tensor('float32', xs, [batch, 3, 224, 224]) } : null;
+        const ours: number[] = [], ortT: number[] = [], torchT: number[] = [];
+        const iters = batch === 1 ? opts.iters : Math.max(2, Math.ceil(opts.iters / 4));
+        for (let r = 0; r < opts.rounds; ++r) {
+          ours.push(...await timeAsync(async () => (await model.predict(x)).dispose(), iters, 1));
+          if (session && feeds) ortT.push(...await timeAsync(async () => { await session.run(feeds); }, iters, 1));
+          if (opts.torch) {
+            const t = runTorch({ kind: 'model', config: { family: model.config.family, depths: model.config.depths, dims: model.config.dims },
+              batch, size: 224, iters, warmup: 1, weights });
+            if ('times' in t && t.times) torchT.push(...t.times);
+            else if (r === 0) opts.log(`  PyTorch: ${(t as { error?: string }).error ?? 'no result'}`);
+          }
+        }
+        await session?.release();
+        x.dispose();
+        const row: ModelRow = { model: name, batch, oursMs: median(ours) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop };
+        rows.push(row);
+        const ips = (ms: number) => fmt((1000 * batch) / ms, 1);
+        opts.log(`${name.padEnd(20)} b${String(batch).padEnd(3)} ours ${fmt(row.oursMs, 1)} ms (${ips(row.oursMs)} img/s, ${fmt((gflop * batch) / (row.oursMs / 1e3), 0)} GFLOP/s)` +
+          `  ORT ${fmt(row.ortMs, 1)} ms (${fmt(row.ortMs / row.oursMs, 2)}x)  PyTorch ${fmt(row.torchMs, 1)} ms (${fmt(row.torchMs / row.oursMs, 2)}x)`);
+      }
+      model.dispose();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}

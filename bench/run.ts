@@ -1,0 +1,94 @@
+/**
+ * `npm run bench -- [kernels|models|train|profile|all] [options]` (also `metaformer bench`).
+ *   --rounds N        alternating rounds per measurement (default 3)
+ *   --iters N         timed runs per round (default 5)
+ *   --models a,b      models for the model suite (default: the five S-size models)
+ *   --batches 1,32    batch sizes (default 1,32)
+ *   --no-torch        skip PyTorch;  --no-ort  skip onnxruntime-node
+ *   --out FILE        results file (default bench/RESULTS.md; --no-write to only print)
+ *   --threads N       native thread pool size (default: all cores)
+ * Results are printed and written into their section of RESULTS.md (and bench/results.svg).
+ */
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { setNumThreads } from '../lib/backend.js';
+import { createModel } from '../lib/models/index.js';
+import { Tensor } from '../lib/tensor.js';
+import { runKernels } from './kernels.js';
+import { runModels } from './models.js';
+import { kernelsMarkdown, modelsMarkdown, modelsSvg, trainMarkdown, updateResults } from './report.js';
+import { fmt, machineInfo } from './lib/timing.js';
+import { runTrain } from './train.js';
+
+const S_MODELS = ['identityformer_s12', 'randformer_s12', 'poolformerv2_s12', 'convformer_s18', 'caformer_s18'];
+
+export async function benchMain(argv: string[], log: (s: string) => void = console.log): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      rounds: { type: 'string', default: '3' }, iters: { type: 'string', default: '5' },
+      models: { type: 'string' }, batches: { type: 'string', default: '1,32' },
+      'no-torch': { type: 'boolean', default: false }, 'no-ort': { type: 'boolean', default: false },
+      out: { type: 'string' }, 'no-write': { type: 'boolean', default: false }, threads: { type: 'string' },
+      model: { type: 'string', default: 'caformer_s18' }, batch: { type: 'string', default: '1' },
+    },
+  });
+  const suites = positionals.length ? positionals : ['kernels'];
+  const rounds = Number(values.rounds), iters = Number(values.iters);
+  if (values.threads) setNumThreads(Number(values.threads));
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), fileURLToPath(import.meta.url).includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
+  const out = values.out ?? path.join(root, 'bench', 'RESULTS.md');
+  const write = !values['no-write'];
+  const m = machineInfo();
+  log(`machine: ${m.cpu}, ${m.cores} cores, ${m.flags.join(' ')}`);
+  const all = suites.includes('all');
+  if (all || suites.includes('kernels')) {
+    const r = runKernels({ iters: Math.max(iters, 10), torch: !values['no-torch'], log });
+    if (write) updateResults(out, 'kernels', kernelsMarkdown(r, m));
+  }
+  if (all || suites.includes('models')) {
+    const rows = await runModels({
+      models: values.models ? values.models.split(',') : S_MODELS, batches: values.batches!.split(',').map(Number),
+      rounds, iters, torch: !values['no-torch'], ort: !values['no-ort'], log,
+    });
+    if (write) {
+      updateResults(out, 'models', modelsMarkdown(rows, m));
+      writeFileSync(path.join(path.dirname(out), 'results.svg'), modelsSvg(rows));
+    }
+  }
+  if (all || suites.includes('train')) {
+    const r = runTrain({ model: values.model!, batch: 8, size: 224, rounds, iters: Math.max(2, Math.ceil(iters / 2)), torch: !values['no-torch'], log });
+    if (write) updateResults(out, 'train', trainMarkdown(r, m));
+  }
+  if (suites.includes('profile')) {
+    const model = createModel(values.model!);
+    model.eval();
+    const b = Number(values.batch);
+    const x = Tensor.zeros([b, 3, 224, 224]);
+    const plan = model.plan(x.shape);
+    plan.profile(x);
+    const byOp = new Map<string, number>();
+    const steps = plan.profile(x);
+    let total = 0;
+    for (const s of steps) {
+      byOp.set(s.op, (byOp.get(s.op) ?? 0) + s.seconds);
+      total += s.seconds;
+    }
+    log(`profile ${values.model} batch ${b}: ${fmt(total * 1e3, 1)} ms in ${steps.length} steps`);
+    for (const [op, t] of [...byOp].sort((a, c) => c[1] - a[1])) log(`  ${op.padEnd(14)} ${fmt(t * 1e3, 2).padStart(9)} ms  ${fmt((100 * t) / total, 1).padStart(5)}%`);
+    const slow = [...steps.entries()].sort((a, c) => c[1].seconds - a[1].seconds).slice(0, 10);
+    log('  slowest steps:');
+    for (const [i, s] of slow) log(`  #${String(i).padEnd(4)} ${s.op.padEnd(14)} [${s.shape.join(',')}] ${fmt(s.seconds * 1e3, 3)} ms`);
+    model.dispose();
+  }
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
+  benchMain(process.argv.slice(2)).catch((e: unknown) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}

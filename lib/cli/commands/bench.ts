@@ -1,0 +1,24 @@
+/** `metaformer bench [kernels|models|train|profile|all] [...]`: the benchmark suites (bench/run.ts). */
+import type { Command } from '../command.js';
+
+export const benchCommand: Command = {
+  name: 'bench',
+  summary: 'run the benchmarks against onnxruntime-node and PyTorch, or profile a model per layer',
+  usage: '[kernels|models|train|profile|all] [--rounds N] [--iters N] [--models a,b] [--batches 1,32] [--model name --batch N] [--no-torch] [--no-ort] [--no-write]',
+  details: '`profile` prints where the time of one forward pass goes, per op and per step (--model, --batch).',
+  options: {
+    rounds: { type: 'string' }, iters: { type: 'string' }, models: { type: 'string' }, batches: { type: 'string' },
+    model: { type: 'string' }, batch: { type: 'string' }, threads: { type: 'string' }, out: { type: 'string' },
+    'no-torch': { type: 'boolean' }, 'no-ort': { type: 'boolean' }, 'no-write': { type: 'boolean' },
+  },
+  async run({ values, positionals, io }) {
+    // The benchmarks live beside the library in the built package (dist/bench).
+    const { benchMain } = await import('../../../bench/run.js');
+    const argv: string[] = [...positionals];
+    for (const [k, v] of Object.entries(values)) {
+      if (v === true) argv.push(`--${k}`);
+      else if (typeof v === 'string') argv.push(`--${k}`, v);
+    }
+    await benchMain(argv, (s) => io.out(s));
+  },
+};
