@@ -6,8 +6,10 @@
 //   node scripts/train-fashion-mnist.mjs                 the full run -> runs/fashion-mnist/
 //   node scripts/train-fashion-mnist.mjs --trial 60      train for 60 s and report images/s and how many epochs
 //                                                        fit in the 15-minute budget; writes nothing
-//   options: --epochs N --batch-size N --lr X --workers N --out DIR --resume CKPT --model PRESET --seed N
-//            --budget-minutes M (for --trial's projection, default 15) --ship FILE (copy the best weights there)
+//   node scripts/train-fashion-mnist.mjs --epochs auto   a 30 s trial first, then as many epochs as fit the budget
+//   options: --epochs N|auto (default 10) --batch-size N --lr X --workers N --out DIR --resume CKPT --model PRESET
+//            --seed N --budget-minutes M (default 15) --ship FILE (copy the best weights there)
+//            --train-limit N --eval-limit N (a fixed random subset; smoke tests of the script only)
 //
 // Data: Fashion-MNIST's IDX files from METAFORMER_FASHION_MNIST, else /usr/share/datasets/fashion-mnist (where
 // Debian's dataset-fashion-mnist package puts them); train split (60000) for training, test split (10000) for
@@ -48,6 +50,8 @@ const { values } = parseArgs({
     seed: { type: 'string' },
     'budget-minutes': { type: 'string' },
     ship: { type: 'string' },
+    'train-limit': { type: 'string' },
+    'eval-limit': { type: 'string' },
   },
 });
 
@@ -69,10 +73,11 @@ if (!train.hasFashionMnist()) {
 }
 
 /** The run's settings (shared by the trial and the full run). */
+const autoEpochs = values.epochs === 'auto';
 const recipe = {
   data: 'fashion-mnist',
   model: values.model ?? 'caformer_fmnist',
-  epochs: num('epochs', 10),
+  epochs: autoEpochs ? 10 : num('epochs', 10),
   batchSize: num('batch-size', 128),
   opt: 'adamw',
   lr: num('lr', 2e-3),
@@ -89,16 +94,24 @@ const recipe = {
   seed: num('seed', 0),
   out: values.out ?? 'runs/fashion-mnist',
   resume: values.resume,
+  trainLimit: values['train-limit'] === undefined ? undefined : num('train-limit', 0),
+  evalLimit: values['eval-limit'] === undefined ? undefined : num('eval-limit', 0),
 };
 
-if (values.trial !== undefined) {
-  const seconds = num('trial', 60) || 60;
-  const budget = num('budget-minutes', 15) * 60;
+const budget = num('budget-minutes', 15) * 60;
+
+/** Trains for `seconds` and projects how many epochs (each with its evaluation) fit in `seconds` of budget. */
+async function trial(seconds, budgetSeconds) {
   process.stderr.write(`trial: training ${recipe.model} for ${seconds} s (batch ${recipe.batchSize}, ${recipe.workers} loader worker(s))\n`);
   const r = await train.measureThroughput(recipe, seconds);
   // evaluation costs about a third of a training step per image (forward only) on 10000 images per epoch
   const evalSeconds = 10000 / (3 * r.imagesPerSec);
-  const epochsInBudget = Math.floor(budget / (r.epochSeconds + evalSeconds));
+  return { r, evalSeconds, epochsInBudget: Math.floor(budgetSeconds / (r.epochSeconds + evalSeconds)) };
+}
+
+if (values.trial !== undefined) {
+  const seconds = num('trial', 60) || 60;
+  const { r, evalSeconds, epochsInBudget } = await trial(seconds, budget);
   const result = {
     model: recipe.model, batchSize: recipe.batchSize, imagesPerSec: Number(r.imagesPerSec.toFixed(1)), steps: r.steps,
     measuredSeconds: Number(r.seconds.toFixed(1)), epochSeconds: Math.round(r.epochSeconds), estimatedEvalSeconds: Math.round(evalSeconds),
@@ -108,12 +121,18 @@ if (values.trial !== undefined) {
   process.exit(0);
 }
 
-mkdirSync(recipe.out, { recursive: true });
 const started = Date.now();
+if (autoEpochs) {
+  // the trial's time and start-up / final evaluation (about 45 s) come out of the budget
+  const { epochsInBudget } = await trial(30, budget - 45 - 40);
+  recipe.epochs = Math.max(1, epochsInBudget);
+  process.stderr.write(`--epochs auto: ${recipe.epochs} epochs fit in ${budget / 60} minutes\n`);
+}
+mkdirSync(recipe.out, { recursive: true });
 const run = await train.trainRun(recipe);
 const minutes = (Date.now() - started) / 60000;
 const best = path.join(recipe.out, 'model_best.safetensors');
-const final = await train.evalRun({ data: 'fashion-mnist', weights: best, workers: recipe.workers });
+const final = await train.evalRun({ data: 'fashion-mnist', weights: best, workers: recipe.workers, evalLimit: recipe.evalLimit });
 const result = { ...final, minutes: Number(minutes.toFixed(2)), epochs: run.history.length, recipe: { ...recipe, resume: undefined } };
 writeFileSync(path.join(recipe.out, 'result.json'), `${JSON.stringify(result, null, 2)}\n`);
 process.stdout.write(`${JSON.stringify(result)}\n`);
