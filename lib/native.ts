@@ -108,7 +108,7 @@ export const addon: Addon = load();
 export type OpName =
   | 'linear' | 'conv2d' | 'dwconv2d' | 'layernorm' | 'starrelu' | 'attention' | 'random_mixing' | 'pool'
   | 'scale_add' | 'mean_hw' | 'cross_entropy' | 'dropout' | 'axpy' | 'scale' | 'sumsq' | 'lerp' | 'fill'
-  | 'cast' | 'permute' | 'adamw' | 'lamb' | 'sgd' | 'normal';
+  | 'cast' | 'permute' | 'adamw' | 'lamb' | 'sgd' | 'normal' | 'fused_linear';
 
 const names = addon.opNames();
 /** Op ids, from the addon's own list (native/core/ops.def). */

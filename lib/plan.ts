@@ -8,7 +8,7 @@ import { DTYPE_CODE } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, type NativePlan, OP, type OpName, type PlanSpec } from './native.js';
 import { noGrad } from './autograd/node.js';
 import { expectation, expectationText, Tensor } from './tensor.js';
-import { traced, type TracedStep } from './trace.js';
+import { type Trace, traced, type TracedStep } from './trace.js';
 
 /** Outputs an op may leave absent (statistics that only backward needs). */
 const OPTIONAL_OUTPUTS: Partial<Record<OpName, number[]>> = { layernorm: [1, 2], attention: [1] };
@@ -39,7 +39,7 @@ export interface StepTime {
  * inputs of `inputShape`.
  */
 export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: readonly number[],
-  backend: BackendName = 'cpu'): CompiledPlan {
+  backend: BackendName = 'cpu', opts: { fuse?: boolean } = {}): CompiledPlan {
   const { trace, result, input } = noGrad(() => {
     let inp: Tensor | null = null;
     const r = traced(() => {
@@ -50,6 +50,7 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
   });
   const outputs = Array.isArray(result) ? result : [result];
   try {
+    if (opts.fuse ?? true) fuse(trace, outputs);
     return build(trace, input, outputs, backend);
   } finally {
     for (const t of trace.created) t.dispose();
@@ -58,12 +59,91 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
 
 const numel = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 
+function rootIn(trace: Trace, t: Tensor): Tensor {
+  let r = t;
+  while (trace.aliases.has(r)) r = trace.aliases.get(r)!;
+  return r;
+}
+
+/** A traced tensor that shares `base`'s memory with another shape (a reshape made after tracing). */
+function aliasIn(trace: Trace, base: Tensor, shape: readonly number[]): Tensor {
+  const { trace: tmp, result } = traced(() => Tensor.empty(shape, base.dtype));
+  for (const t of tmp.created) trace.created.add(t);
+  trace.aliases.set(result, base);
+  return result;
+}
+
+/**
+ * Rewrites a trace for inference, keeping its results bit-for-bit the same up to rounding order:
+ *  1. linear -> StarReLU / SquaredReLU becomes one fused_linear with the activation in the GEMM
+ *     epilogue (the pre-activation tensor is never written);
+ *  2. a residual step `x * s + branch` whose branch is a linear output read nowhere else becomes
+ *     `y = x * s` followed by the linear accumulating into y (the branch is never written).
+ */
+export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
+  const steps = trace.steps;
+  const reads = new Map<Tensor, number>();
+  const note = (t: Tensor | null) => {
+    if (t) reads.set(rootIn(trace, t), (reads.get(rootIn(trace, t)) ?? 0) + 1);
+  };
+  for (const s of steps) s.ins.forEach(note);
+  for (const o of outputs) note(o);
+  const producer = new Map<Tensor, number>();
+  steps.forEach((s, i) => s.outs.forEach((t) => t && producer.set(t, i)));
+  const dead = new Set<number>();
+
+  // 1. activation epilogues
+  steps.forEach((s, j) => {
+    if (s.op !== 'starrelu' || s.dir !== 0) return;
+    const t = s.ins[0]!;
+    const i = producer.get(t);
+    if (i === undefined || dead.has(i) || steps[i]!.op !== 'linear' || steps[i]!.dir !== 0 || reads.get(t) !== 1) return;
+    const lin = steps[i]!;
+    const star = s.ins[1] !== null;
+    steps[i] = { op: 'fused_linear', dir: 0, ins: [lin.ins[0]!, lin.ins[1]!, lin.ins[2] ?? null, s.ins[1] ?? null, s.ins[2] ?? null],
+      outs: [s.outs[0]!], attrs: [star ? 1 : 2, 0] };
+    producer.set(s.outs[0]!, i);
+    dead.add(j);
+  });
+
+  // 2. residual accumulation into the GEMM
+  steps.forEach((s, k) => {
+    if (s.op !== 'scale_add' || s.dir !== 0 || dead.has(k)) return;
+    const [x, scale, r] = s.ins;
+    if (!x || !r) return;
+    const root = rootIn(trace, r);
+    const i = producer.get(root);
+    if (i === undefined || i >= k || dead.has(i) || reads.get(root) !== 1) return;
+    const lin = steps[i]!;
+    const isLinear = (lin.op === 'linear' || (lin.op === 'fused_linear' && lin.attrs[1] === 0)) && lin.dir === 0;
+    if (!isLinear || lin.outs[0] !== root) return;
+    const y = s.outs[0]!;
+    const acc = aliasIn(trace, y, root.shape);
+    const ins = lin.op === 'linear' ? [...lin.ins, null, null] : [...lin.ins];
+    const attrs = lin.op === 'linear' ? [0, 1] : [lin.attrs[0]!, 1];
+    dead.add(i);
+    steps[k] = { op: 'scale_add', dir: 0, ins: [x, scale ?? null, null], outs: [y], attrs: [] };
+    (steps[k] as TracedStep & { then?: TracedStep }).then = { op: 'fused_linear', dir: 0, ins, outs: [acc], attrs };
+  });
+
+  const rewritten: TracedStep[] = [];
+  steps.forEach((s, i) => {
+    if (dead.has(i)) return;
+    const { then, ...step } = s as TracedStep & { then?: TracedStep };
+    rewritten.push(step);
+    if (then) rewritten.push(then);
+  });
+  steps.length = 0;
+  steps.push(...rewritten);
+}
+
 /** Multiply-accumulates of one forward step (0 for memory-bound ops). */
 export function stepMacs(s: TracedStep): number {
   const x = s.ins[0], w = s.ins[1], y = s.outs[0];
   if (s.dir !== 0 || !x || !y) return 0;
   switch (s.op) {
-    case 'linear': return numel(y.shape) * w!.shape[1]!;
+    case 'linear':
+    case 'fused_linear': return numel(y.shape) * w!.shape[1]!;
     case 'conv2d': return numel(y.shape) * w!.shape[1]! * w!.shape[2]! * w!.shape[3]!;
     case 'dwconv2d': return numel(y.shape) * w!.shape[2]! * w!.shape[3]!;
     case 'attention': return 2 * numel(y.shape) * x.shape[1]!;
@@ -72,7 +152,7 @@ export function stepMacs(s: TracedStep): number {
   }
 }
 
-function build(trace: ReturnType<typeof traced>['trace'], input: Tensor, outputs: Tensor[], backend: BackendName): CompiledPlan {
+function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendName): CompiledPlan {
   const slotOf = new Map<Tensor, number>();
   const slots: PlanSpec['slots'] = [];
   const consts: Tensor[] = [];

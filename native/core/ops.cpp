@@ -532,6 +532,24 @@ void check_op(OpId op, Dir dir, const OpArgs& args) {
     case OpId::adamw: return check_optimizer(c, 3, 7, false);
     case OpId::lamb: return check_optimizer(c, 3, 8, false);
     case OpId::sgd: return check_optimizer(c, 2, 7, true);
+    case OpId::fused_linear: {
+      c.arity(5, 1, 2);
+      int64_t act = c.int_attr(0, "act", 0);
+      int64_t acc = c.int_attr(1, "accumulate", 0);
+      expect_true(act <= 2 && acc <= 1, ErrorKind::range, c.op, "act in {0, 1, 2} and accumulate in {0, 1}", "attrs",
+                  std::to_string(act) + ", " + std::to_string(acc));
+      OpArgs lin = args;  // x, w, b -> y: the linear checks
+      lin.n_in = 3;
+      lin.n_attr = 0;
+      Checker lc{c.op, lin};
+      check_linear(lc, Dir::forward);
+      c.ft = lc.ft;
+      if (act == 1) {
+        c.scalar1("scale", args.in[3]);
+        c.scalar1("bias", args.in[4]);
+      }
+      return;
+    }
     case OpId::normal: {
       c.arity(0, 1, 4);
       c.attr(0, "mean");

@@ -15,14 +15,18 @@ namespace {
 
 // The cache key lists every field of GemmShape explicitly (no padding bytes in the comparison).
 struct Key {
-  std::array<int64_t, 22> v;
+  std::array<int64_t, 24> v;
   explicit Key(const GemmShape& s)
       : v{s.batch[0], s.batch[1], s.M, s.N, s.K, s.a_b[0], s.a_b[1], s.a_m, s.a_k, s.b_b[0], s.b_b[1], s.b_k,
-          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, 0, 0} {
-    float a = s.alpha;
-    int32_t bits;
-    std::memcpy(&bits, &a, 4);
-    v[19] = bits;
+          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, s.act, 0, 0, 0} {
+    v[19] = bits(s.alpha);
+    v[21] = bits(s.act_s);
+    v[22] = bits(s.act_b);
+  }
+  static int64_t bits(float f) {
+    int32_t b;
+    std::memcpy(&b, &f, 4);
+    return b;
   }
   bool operator==(const Key& o) const { return v == o.v; }
 };
@@ -91,6 +95,11 @@ Entry& lookup(const GemmShape& s) {
   }
   dnnl::primitive_attr attr;
   dnnl::post_ops po;
+  if (s.act != 0) {
+    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_square, 0.0f, 0.0f);
+    if (s.act == 1) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_linear, s.act_s, s.act_b);
+  }
   if (s.accumulate) po.append_sum(1.0f);
   attr.set_post_ops(po);
   if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});

@@ -22,6 +22,10 @@ struct GemmShape {
   bool accumulate = false;  // C += A B instead of C = A B
   bool bias = false;        // + bias[N] (broadcast over rows and batches)
   float alpha = 1.0f;       // C = alpha * A B (...)
+  // Epilogue activation, applied after the bias and before the accumulation:
+  // 0 none, 1 StarReLU act_s * relu(v)^2 + act_b, 2 SquaredReLU relu(v)^2.
+  int act = 0;
+  float act_s = 1.0f, act_b = 0.0f;
 };
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);

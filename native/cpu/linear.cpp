@@ -54,7 +54,27 @@ void linear_bwd(const OpArgs& a) {
   if (a.out[2].present()) col_sum_accumulate(dy.f(), M, N, a.out[2].f());
 }
 
+// y (+)= act(x w^T + b) in one oneDNN matmul: the activation and the residual accumulation are
+// post-ops of the GEMM epilogue, so the hidden activation is written once.
+void fused_linear_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];
+  GemmShape s;
+  s.M = x.rows(), s.N = w.shape[0], s.K = w.shape[1];
+  s.a_m = s.K, s.a_k = 1;
+  s.b_k = 1, s.b_n = s.K;
+  s.c_m = s.N, s.c_n = 1;
+  s.bias = b.present();
+  s.act = static_cast<int>(a.attr[0]);
+  s.accumulate = a.attr[1] != 0;
+  if (s.act == 1) {
+    s.act_s = a.in[3].f()[0];
+    s.act_b = a.in[4].f()[0];
+  }
+  gemm(s, x.f(), w.f(), a.out[0].f(), b.present() ? b.f() : nullptr);
+}
+
 }  // namespace
 }  // namespace mf::cpu
 
 MF_REGISTER(cpu, linear, mf::cpu::linear_fwd, mf::cpu::linear_bwd);
+MF_REGISTER(cpu, fused_linear, mf::cpu::fused_linear_fwd, nullptr);

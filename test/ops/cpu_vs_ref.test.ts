@@ -21,7 +21,7 @@ interface Case {
 
 /** Tolerances (relative L2), one table: op x direction. GEMM-based ops differ by fp32 summation order. */
 const TOL: Partial<Record<OpName, [number, number]>> = {
-  linear: [2e-6, 2e-6], conv2d: [2e-6, 2e-6], dwconv2d: [1e-6, 1e-6], attention: [2e-6, 3e-6],
+  linear: [2e-6, 2e-6], fused_linear: [2e-6, 0], conv2d: [2e-6, 2e-6], dwconv2d: [1e-6, 1e-6], attention: [2e-6, 3e-6],
   random_mixing: [2e-6, 2e-6], layernorm: [1e-6, 2e-6], cross_entropy: [1e-6, 1e-6],
 };
 const DEFAULT_TOL = 1e-6;
@@ -64,6 +64,11 @@ function cases(): Case[] {
     both(`linear M${M} K${K} N${N}${bias ? ' bias' : ''}`, 'linear',
       { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
       { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
+  }
+  for (const [M, K, N, act, acc] of [[1, 1, 1, 1, 0], [7, 3, 5, 1, 1], [33, 17, 9, 2, 0], [64, 64, 31, 0, 1], [13, 130, 17, 2, 1]] as const) {
+    const x = rnd([M, K]), w = rnd([N, K]), b = rnd([N]), s = rnd([1]), sb = rnd([1]);
+    out.push({ name: `fused_linear M${M} K${K} N${N} act${act} acc${acc}`, op: 'fused_linear', dir: 0,
+      ins: [x, w, b, act === 1 ? s : null, act === 1 ? sb : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });
   }
   // conv2d: the stem (NCHW in), downsampling (channels-last in), and odd sizes.
   for (const [B, Ci, H, W, Co, k, s, p, nchw] of [
