@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu/check.sh: the CUDA backend's proof on a real GPU, in one command (about 5-8 minutes).
 #
-#   OUT=/some/dir bash bench/gpu/check.sh          (from the repository root; OUT defaults to ./gpu-out)
+#   OUT=/some/dir bash bench/gpu/check.sh          (from the repository root; OUT defaults to ./build-gpu-out)
 #
 # Needs: an NVIDIA GPU with its driver, nvcc, CMake, a C++ compiler, cuBLAS (the toolkit's, or the
 # nvidia-cublas Python wheel that PyTorch installs: found automatically), Python with PyTorch for the
@@ -28,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-OUT=${OUT:-$ROOT/gpu-out}
+OUT=${OUT:-$ROOT/build-gpu-out}
 mkdir -p "$OUT"
 LOG=$OUT/check.log
 STAGES=$OUT/stages.tsv
@@ -70,7 +70,8 @@ else stage env FAIL "nvidia-smi found no GPU"; fi
 
 # --- cuBLAS ---------------------------------------------------------------------------------------
 CUBLAS_ROOT_ARG=""
-for inc in /usr/local/cuda/include "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")/../include"; do
+[ -n "${METAFORMER_CUBLAS_ROOT:-}" ] && CUBLAS_ROOT_ARG="-DMETAFORMER_CUBLAS_ROOT=$METAFORMER_CUBLAS_ROOT"
+[ -z "$CUBLAS_ROOT_ARG" ] && for inc in /usr/local/cuda/include "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")/../include"; do
   if [ -f "$inc/cublas_v2.h" ]; then CUBLAS_ROOT_ARG="-DMETAFORMER_CUBLAS_ROOT=$(cd "$inc/.." && pwd)"; break; fi
 done
 if [ -z "$CUBLAS_ROOT_ARG" ]; then
@@ -118,6 +119,7 @@ if need_build ops; then
   cat "$OUT/ops.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/ops.part"
   summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$LOG" | tail -1)
   if [ "$rc" = 0 ]; then stage ops PASS "$summary"
+  elif [ "$rc" = 3 ]; then stage ops SKIPPED "no usable CUDA device"
   elif [ "$rc" = 124 ]; then stage ops FAIL "timed out"
   else stage ops FAIL "${summary:-exit $rc}"; fi
 fi
@@ -130,7 +132,9 @@ if need_build fixtures; then
     cat "$OUT/fx.log" >> "$LOG"; grep -E '^FAIL' "$OUT/fx.log"
     cat "$OUT/fx.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/fx.part" "$OUT/fx.log"
     summary=$(tail -1 "$LOG")
-    if [ "$rc" = 0 ]; then stage fixtures PASS "$summary"; else stage fixtures FAIL "${summary} (exit $rc)"; fi
+    if [ "$rc" = 0 ]; then stage fixtures PASS "$summary"
+    elif [ "$rc" = 3 ]; then stage fixtures SKIPPED "no usable CUDA device"
+    else stage fixtures FAIL "${summary} (exit $rc)"; fi
   else
     stage fixtures SKIPPED "no exported plans in $PLANS (run export_plans.js where Node is, carry the folder)"
   fi
@@ -142,6 +146,7 @@ if need_build kernels; then
   rc=${PIPESTATUS[0]}
   cat "$OUT/k.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/k.part"
   if [ "$rc" = 0 ]; then stage kernels PASS "$(grep -c '"bench"' "$OURS") timings"
+  elif [ "$rc" = 3 ]; then stage kernels SKIPPED "no usable CUDA device"
   else stage kernels FAIL "exit $rc"; fi
 fi
 
@@ -152,7 +157,8 @@ if need_build models; then
       | grep -E '^BENCH|^FAIL'
     rc=${PIPESTATUS[0]}
     cat "$OUT/m.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/m.part"
-    if [ "$rc" = 0 ]; then stage models PASS "$(grep -c '"model","name"' "$OURS") timings"
+    if [ "$rc" = 0 ]; then stage models PASS "$(grep -c '"bench":"model"' "$OURS") timings"
+    elif [ "$rc" = 3 ]; then stage models SKIPPED "no usable CUDA device"
     else stage models FAIL "exit $rc"; fi
   else
     stage models SKIPPED "no exported caformer_s18/convformer_s18 plans in $PLANS"
