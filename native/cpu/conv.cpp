@@ -1,11 +1,10 @@
 // cpu/conv.cpp: dense convolution (stem k7 s4 p2 on the NCHW image, downsampling k3 s2 p1 on
 // channels-last maps) as im2col + one oneDNN GEMM per chunk of output pixels.
-//   columns: col[m = (b, oh, ow)][k = (i, j, ci)], zero where the tap falls in the padding
-//   weights repacked once per call to wr[co][(i, j, ci)] (the (i, j, ci) order makes channels-last
-//   gathers contiguous copies)
-//   y[m, co] = col[m, :] . wr[co, :] + b[co]
-// Backward: db += col sums of dy; dwr += dy^T col (then un-repacked into dw); dcol = dy wr, scattered
-// back into dx (col2im).
+//   columns: col[m = (b, oh, ow)][k = (ci, i, j)], zero where the tap falls in the padding. The
+//   (ci, i, j) order is the layout of the weights [Co, Ci, kh, kw], so they are used as they are
+//   (no per-call repacking); the gathers cost K * M loads, small next to the GEMM's K * M * Co.
+//   y[m, co] = col[m, :] . w[co, :] + b[co]
+// Backward: db += col sums of dy; dw += dy^T col; dcol = dy w, scattered back into dx (col2im).
 #include <algorithm>
 
 #include "cpu.h"
@@ -43,30 +42,24 @@ int64_t chunk_rows(const Geom& g) {
   return std::min(rows, g.B * g.Ho * g.Wo);
 }
 
-void repack_weights(const Geom& g, const float* w, float* wr) {  // [Co,Ci,kh,kw] -> [Co,kh,kw,Ci]
-  for (int64_t co = 0; co < g.Co; ++co)
-    for (int64_t ci = 0; ci < g.Ci; ++ci)
-      for (int64_t i = 0; i < g.kh; ++i)
-        for (int64_t j = 0; j < g.kw; ++j)
-          wr[co * g.Kc + (i * g.kw + j) * g.Ci + ci] = w[((co * g.Ci + ci) * g.kh + i) * g.kw + j];
-}
-
-// Fills col rows [m0, m1) (relative row r = m - m0).
+// Fills col rows [m0, m1) (relative row r = m - m0), column order (ci, i, j).
 void im2col(const Geom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+  int64_t kk = g.kh * g.kw;
   parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
       float* dst = col + r * g.Kc;
       for (int64_t i = 0; i < g.kh; ++i) {
         int64_t ih = oh * g.stride - g.pad + i;
-        for (int64_t j = 0; j < g.kw; ++j, dst += g.Ci) {
-          int64_t iw = ow * g.stride - g.pad + j;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          int64_t iw = ow * g.stride - g.pad + j, t = i * g.kw + j;
           if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
-            std::memset(dst, 0, sizeof(float) * static_cast<size_t>(g.Ci));
+            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = 0.0f;
           } else if (g.nchw) {
-            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci] = x[((b * g.Ci + ci) * g.H + ih) * g.W + iw];
+            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = x[((b * g.Ci + ci) * g.H + ih) * g.W + iw];
           } else {
-            std::memcpy(dst, x + ((b * g.H + ih) * g.W + iw) * g.Ci, sizeof(float) * static_cast<size_t>(g.Ci));
+            const float* src = x + ((b * g.H + ih) * g.W + iw) * g.Ci;
+            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = src[ci];
           }
         }
       }
@@ -74,22 +67,23 @@ void im2col(const Geom& g, const float* x, float* col, int64_t m0, int64_t m1) {
   });
 }
 
-// dx += scatter of dcol rows [m0, m1). Parallel over images would race inside an image; rows of one
-// image overlap only through the kernel window, so this runs serially per chunk (cheap next to GEMMs).
+// dx += scatter of dcol rows [m0, m1). Rows of one image overlap through the kernel window, so this
+// runs serially per chunk (cheap next to the GEMMs).
 void col2im(const Geom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
+  int64_t kk = g.kh * g.kw;
   for (int64_t m = m0; m < m1; ++m) {
     int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
     const float* src = dcol + (m - m0) * g.Kc;
     for (int64_t i = 0; i < g.kh; ++i) {
       int64_t ih = oh * g.stride - g.pad + i;
-      for (int64_t j = 0; j < g.kw; ++j, src += g.Ci) {
-        int64_t iw = ow * g.stride - g.pad + j;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        int64_t iw = ow * g.stride - g.pad + j, t = i * g.kw + j;
         if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
         if (g.nchw) {
-          for (int64_t ci = 0; ci < g.Ci; ++ci) dx[((b * g.Ci + ci) * g.H + ih) * g.W + iw] += src[ci];
+          for (int64_t ci = 0; ci < g.Ci; ++ci) dx[((b * g.Ci + ci) * g.H + ih) * g.W + iw] += src[ci * kk + t];
         } else {
           float* d = dx + ((b * g.H + ih) * g.W + iw) * g.Ci;
-          for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += src[ci];
+          for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += src[ci * kk + t];
         }
       }
     }
@@ -100,12 +94,11 @@ void conv2d_fwd(const OpArgs& a) {
   const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];
   Geom g = geom(x, w, a);
   int64_t M = g.B * g.Ho * g.Wo, rows = chunk_rows(g);
-  Scratch wr(static_cast<size_t>(g.Co * g.Kc)), col(static_cast<size_t>(rows * g.Kc));
-  repack_weights(g, w.f(), wr.get());
+  Scratch col(static_cast<size_t>(rows * g.Kc));
   for (int64_t m0 = 0; m0 < M; m0 += rows) {
     int64_t m1 = std::min(M, m0 + rows);
     im2col(g, x.f(), col.get(), m0, m1);
-    gemm_xwT(m1 - m0, g.Co, g.Kc, col.get(), wr.get(), a.out[0].f() + m0 * g.Co, b.present() ? b.f() : nullptr, false);
+    gemm_xwT(m1 - m0, g.Co, g.Kc, col.get(), w.f(), a.out[0].f() + m0 * g.Co, b.present() ? b.f() : nullptr, false);
   }
 }
 
@@ -116,39 +109,31 @@ void conv2d_bwd(const OpArgs& a) {
   float *DX = a.out[0].present() ? a.out[0].f() : nullptr, *DW = a.out[1].present() ? a.out[1].f() : nullptr;
   if (a.out[2].present()) col_sum_accumulate(dy.f(), M, g.Co, a.out[2].f());
   if (!DX && !DW) return;
-  Scratch wr(static_cast<size_t>(g.Co * g.Kc)), col(static_cast<size_t>(rows * g.Kc));
-  Scratch dwr(DW ? static_cast<size_t>(g.Co * g.Kc) : 1);
-  repack_weights(g, w.f(), wr.get());
+  Scratch col(static_cast<size_t>(rows * g.Kc));
   if (DX) std::memset(DX, 0, sizeof(float) * static_cast<size_t>(x.numel()));
   for (int64_t m0 = 0; m0 < M; m0 += rows) {
     int64_t m1 = std::min(M, m0 + rows), n = m1 - m0;
     const float* dyc = dy.f() + m0 * g.Co;
-    if (DW) {  // dwr[Co, Kc] (+)= dy^T[Co, n] col[n, Kc]
+    if (DW) {  // dw[Co, Kc] += dy^T[Co, n] col[n, Kc]
       im2col(g, x.f(), col.get(), m0, m1);
       GemmShape s;
       s.M = g.Co, s.N = g.Kc, s.K = n;
       s.a_m = 1, s.a_k = g.Co;
       s.b_k = g.Kc, s.b_n = 1;
       s.c_m = g.Kc, s.c_n = 1;
-      s.accumulate = m0 > 0;
-      gemm(s, dyc, col.get(), dwr.get());
+      s.accumulate = true;
+      gemm(s, dyc, col.get(), DW);
     }
-    if (DX) {  // dcol[n, Kc] = dy[n, Co] wr[Co, Kc]
+    if (DX) {  // dcol[n, Kc] = dy[n, Co] w[Co, Kc]
       GemmShape s;
       s.M = n, s.N = g.Kc, s.K = g.Co;
       s.a_m = g.Co, s.a_k = 1;
       s.b_k = g.Kc, s.b_n = 1;
       s.c_m = g.Kc, s.c_n = 1;
-      gemm(s, dyc, wr.get(), col.get());
+      gemm(s, dyc, w.f(), col.get());
       col2im(g, col.get(), DX, m0, m1);
     }
   }
-  if (DW)
-    for (int64_t co = 0; co < g.Co; ++co)
-      for (int64_t ci = 0; ci < g.Ci; ++ci)
-        for (int64_t i = 0; i < g.kh; ++i)
-          for (int64_t j = 0; j < g.kw; ++j)
-            DW[((co * g.Ci + ci) * g.kh + i) * g.kw + j] += dwr.get()[co * g.Kc + (i * g.kw + j) * g.Ci + ci];
 }
 
 }  // namespace
