@@ -84,5 +84,30 @@ export function runOp(
     throw new TypeError(`${op}: Expected tensors on one device for its arguments but received ${onCpu} cpu and ` +
       `${onCuda} cuda tensors; move them with .to('cuda') or .to('cpu')`);
   }
-  addon.run(OP[op], dir, backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
+  if (opProfile) {
+    const t0 = performance.now();
+    addon.run(OP[op], dir, refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
+    const key = `${op}${dir ? ' bwd' : ''}`;
+    const e = opProfile.get(key) ?? { calls: 0, ms: 0 };
+    e.calls += 1;
+    e.ms += performance.now() - t0;
+    opProfile.set(key, e);
+    return;
+  }
+  addon.run(OP[op], dir, refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
+}
+
+/** Ops forced onto the reference backend (METAFORMER_REF_OPS=linear,conv2d): a debugging aid. */
+const refOps = new Set((process.env.METAFORMER_REF_OPS ?? '').split(',').filter((s) => s.length > 0));
+
+let opProfile: Map<string, { calls: number; ms: number }> | null = null;
+
+/**
+ * Op-level profiling of eager (autograd) execution: while on, every native call is timed per op and
+ * direction. Returns the table collected since the last call, and switches profiling on or off.
+ */
+export function profileOps(on: boolean): Map<string, { calls: number; ms: number }> {
+  const prev = opProfile ?? new Map<string, { calls: number; ms: number }>();
+  opProfile = on ? new Map() : null;
+  return prev;
 }

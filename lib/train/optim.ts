@@ -14,7 +14,7 @@
  */
 import { runOp } from '../backend.js';
 import { Module, type Parameter } from '../nn/module.js';
-import { expectation, Tensor } from '../tensor.js';
+import { expectation, keep, Tensor } from '../tensor.js';
 
 /** One group as given by the caller: [name, parameter] pairs (or bare parameters) and its own hyper-parameters. */
 export interface ParamGroupSpec {
@@ -223,7 +223,7 @@ export abstract class Optimizer {
     const fresh = !t;
     if (!t) {
       t = [];
-      for (let i = 0; i < count; ++i) t.push(Tensor.zeros(p.shape, p.dtype));
+      for (let i = 0; i < count; ++i) t.push(keep(Tensor.zeros(p.shape, p.dtype)));  // state outlives any tidy() around step()
       this.slots.set(name, t);
     }
     return { tensors: t, step: this.steps.get(name) ?? 0, fresh };
@@ -268,7 +268,7 @@ export abstract class Optimizer {
         }
         let list = fresh.get(pname);
         if (!list) {
-          list = names.map(() => Tensor.zeros(p.shape, p.dtype));
+          list = names.map(() => keep(Tensor.zeros(p.shape, p.dtype)));
           fresh.set(pname, list);
         }
         runOp('cast', 0, [key], [t], [list[slot]!]);

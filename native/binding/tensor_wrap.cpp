@@ -5,6 +5,7 @@
 //   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
 #include "tensor_wrap.h"
 
+#include <atomic>
 #include <cstring>
 #include <string>
 
@@ -16,6 +17,19 @@
 namespace mf::binding {
 
 namespace {
+
+// External-memory accounting for V8's GC heuristics. Calls from JS report changes at once; finalizers
+// (which may run at GC time) and ArrayBuffer deleters (which V8 may run on a background thread) only
+// record them, and the next JS call reports them: calling into V8 from either is not allowed.
+std::atomic<int64_t> g_pending_external{0};
+
+void account(Napi::Env env, int64_t delta) {
+  int64_t d = g_pending_external.exchange(0) + delta;
+  if (d != 0) Napi::MemoryManagement::AdjustExternalMemory(env, d);
+}
+
+void account_later(int64_t delta) { g_pending_external.fetch_add(delta); }
+
 struct Adopt {  // passed as an External to the constructor to wrap an existing storage reference
   Storage* storage;
   DType dtype;
@@ -83,12 +97,12 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     return 0;
   });
 #endif
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  account(env, static_cast<int64_t>(bytes));
 }
 
 NativeTensor::~NativeTensor() {
   if (storage_) {
-    Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(storage_->bytes));
+    account_later(-static_cast<int64_t>(storage_->bytes));
     storage_release(storage_);
     storage_ = nullptr;
   }
@@ -96,7 +110,7 @@ NativeTensor::~NativeTensor() {
 
 void NativeTensor::release(Napi::Env env) {
   if (!storage_) return;
-  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(storage_->bytes));
+  account(env, -static_cast<int64_t>(storage_->bytes));
   storage_release(storage_);
   storage_ = nullptr;
 }
@@ -104,7 +118,7 @@ void NativeTensor::release(Napi::Env env) {
 Napi::Object NativeTensor::make(Napi::Env env, Storage* s, DType dtype, const int64_t* shape, int ndim) {
   Adopt ad{s, dtype, ndim, shape};
   storage_retain(s);
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(s->bytes));
+  account(env, static_cast<int64_t>(s->bytes));
   return addon_data(env).tensor_ctor.New({Napi::External<Adopt>::New(env, &ad)});
 }
 
@@ -135,18 +149,15 @@ NativeTensor* NativeTensor::from(Napi::Env env, const Napi::Value& v, const char
                                       v.ToString().Utf8Value().substr(0, 60));
 }
 
-static void release_view(Napi::Env env, void*, Storage* s) {
-  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(s->bytes));
-  storage_release(s);
-}
+// An ArrayBuffer view's deleter: drops the view's reference only (thread-safe; no V8 calls).
+static void release_view(Napi::Env, void*, Storage* s) { storage_release(s); }
 
 Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TensorView v = view_of(env, "view", "this");
   if (storage_->device != kHostDevice)
     throw Napi::TypeError::New(env, "view: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
-  storage_retain(storage_);
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(storage_->bytes));
+  storage_retain(storage_);  // the view's own reference; its memory is already accounted by the tensor
   size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
   return Napi::ArrayBuffer::New(env, storage_->ptr, bytes, release_view, storage_);
 }

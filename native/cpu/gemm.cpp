@@ -2,6 +2,9 @@
 // OpenMP pool as our kernels (Debian's libdnnl is built with the OpenMP runtime).
 #include "gemm.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <array>
 #include <cstring>
 #include <mutex>
@@ -109,6 +112,26 @@ Entry& lookup(const GemmShape& s) {
   return st.cache.emplace(key, std::move(e)).first->second;
 }
 
+// Holds SIGPROF back in this thread while oneDNN runs. Node's sampling profilers (--cpu-prof, --prof)
+// interrupt the JS thread with SIGPROF; delivered inside oneDNN's JIT GEMM kernels it corrupted the
+// heap (reproduced with linear alone; not with our own kernels, nor with a plain C++ handler). The
+// signal stays pending and is delivered when the GEMM returns.
+class ProfilerSignalBlock {
+ public:
+  ProfilerSignalBlock() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPROF);
+    pthread_sigmask(SIG_BLOCK, &set, &old_);
+  }
+  ~ProfilerSignalBlock() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  ProfilerSignalBlock(const ProfilerSignalBlock&) = delete;
+  ProfilerSignalBlock& operator=(const ProfilerSignalBlock&) = delete;
+
+ private:
+  sigset_t old_;
+};
+
 }  // namespace
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
@@ -126,6 +149,7 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
     dnnl::memory mc(e.c, st.eng, C);
     std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
     if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e.bias, st.eng, const_cast<float*>(bias)));
+    ProfilerSignalBlock block;
     e.prim.execute(st.strm, args);
     st.strm.wait();
   } catch (const dnnl::error& err) {
