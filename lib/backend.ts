@@ -87,7 +87,7 @@ export function runOp(
   if (opProfile) {
     const t0 = performance.now();
     addon.run(OP[op], dir, refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
-    const key = `${op}${dir ? ' bwd' : ''}`;
+    const key = `${op}${dir ? ' bwd' : ''}${opProfileShapes ? ' ' + ins.map((t) => (t ? `[${t.shape.join(",")}]` : "-")).join(" ") : ''}`;
     const e = opProfile.get(key) ?? { calls: 0, ms: 0 };
     e.calls += 1;
     e.ms += performance.now() - t0;
@@ -101,13 +101,15 @@ export function runOp(
 const refOps = new Set((process.env.METAFORMER_REF_OPS ?? '').split(',').filter((s) => s.length > 0));
 
 let opProfile: Map<string, { calls: number; ms: number }> | null = null;
+let opProfileShapes = false;
 
 /**
  * Op-level profiling of eager (autograd) execution: while on, every native call is timed per op and
  * direction. Returns the table collected since the last call, and switches profiling on or off.
  */
-export function profileOps(on: boolean): Map<string, { calls: number; ms: number }> {
+export function profileOps(on: boolean, opts: { shapes?: boolean } = {}): Map<string, { calls: number; ms: number }> {
   const prev = opProfile ?? new Map<string, { calls: number; ms: number }>();
   opProfile = on ? new Map() : null;
+  opProfileShapes = opts.shapes ?? false;
   return prev;
 }

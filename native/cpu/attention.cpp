@@ -1,9 +1,10 @@
 // cpu/attention.cpp: multi-head self-attention on a packed qkv [B, N, 3A] (q|k|v, head, head_dim).
-// Per image, the heads form a batch of GEMMs on oneDNN over strided views of qkv (no copies):
+// Images x heads form a batch of GEMMs on oneDNN over strided views of qkv (no copies):
 //   S = scale Q K^T  ->  P = softmax(S) in place (lse kept for backward)  ->  O = P V
 // Backward recomputes P from lse:  dV = P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dO o O)),
 //   dQ = scale dS K,  dK = scale dS^T Q.
-// The score buffer is heads x N x N per image (1.5 MB for 10 heads at 196 tokens): it stays in cache.
+// The score buffer holds heads x N x N per image for a chunk of images (about 4 MB): it stays in cache.
+#include <algorithm>
 #include <cmath>
 
 #include "cpu.h"
@@ -57,28 +58,36 @@ Geom geom(const TensorView& qkv, const OpArgs& a) {
   return g;
 }
 
-// C[h] = alpha * X[h] Y[h]^T over heads, X and Y [N, hd] head slices of row stride ldx / ldy; C [N, N].
-void gemm_heads_nt(const Geom& g, const float* X, int64_t ldx, const float* Y, int64_t ldy, float* C, float alpha) {
-  GemmShape s;
-  s.batch[0] = g.H;
-  s.M = g.N, s.N = g.N, s.K = g.hd;
-  s.a_b[0] = g.hd, s.a_m = ldx, s.a_k = 1;
-  s.b_b[0] = g.hd, s.b_k = 1, s.b_n = ldy;
-  s.c_b[0] = g.N * g.N, s.c_m = g.N, s.c_n = 1;
-  s.alpha = alpha;
-  gemm(s, X, Y, C);
+// Images per batch of GEMM calls: the score buffer (images x heads x N x N) stays near 4 MB, so with
+// few tokens (training at small resolutions) many images share each call.
+int64_t images_per_chunk(const Geom& g) {
+  return std::max<int64_t>(1, std::min<int64_t>(g.B, (int64_t(1) << 20) / std::max<int64_t>(1, g.H * g.N * g.N)));
 }
 
-// C[h] (=) alpha * P[h] Y[h] (or P[h]^T Y[h] when transP), P [N, N], Y [N, hd] slices (row stride ldy),
-// C [N, hd] slices (row stride ldc).
-void gemm_heads_pn(const Geom& g, const float* P, bool transP, const float* Y, int64_t ldy, float* C, int64_t ldc,
-                   float alpha) {
+// S[b, h] = alpha * X[b, h] Y[b, h]^T for `nb` images: X, Y [N, hd] head slices (image stride ldb_x /
+// ldb_y, row stride ldx / ldy); S [nb, H, N, N] dense.
+void gemm_scores(const Geom& g, int64_t nb, const float* X, int64_t ldbx, int64_t ldx, const float* Y, int64_t ldby,
+                 int64_t ldy, float* S, float alpha) {
   GemmShape s;
-  s.batch[0] = g.H;
+  s.batch[0] = nb, s.batch[1] = g.H;
+  s.M = g.N, s.N = g.N, s.K = g.hd;
+  s.a_b[0] = ldbx, s.a_b[1] = g.hd, s.a_m = ldx, s.a_k = 1;
+  s.b_b[0] = ldby, s.b_b[1] = g.hd, s.b_k = 1, s.b_n = ldy;
+  s.c_b[0] = g.H * g.N * g.N, s.c_b[1] = g.N * g.N, s.c_m = g.N, s.c_n = 1;
+  s.alpha = alpha;
+  gemm(s, X, Y, S);
+}
+
+// C[b, h] = alpha * P[b, h] Y[b, h] (P^T when transP): P [nb, H, N, N] dense, Y and C [N, hd] head
+// slices with image strides ldby / ldbc and row strides ldy / ldc.
+void gemm_apply(const Geom& g, int64_t nb, const float* P, bool transP, const float* Y, int64_t ldby, int64_t ldy,
+                float* C, int64_t ldbc, int64_t ldc, float alpha) {
+  GemmShape s;
+  s.batch[0] = nb, s.batch[1] = g.H;
   s.M = g.N, s.N = g.hd, s.K = g.N;
-  s.a_b[0] = g.N * g.N, s.a_m = transP ? 1 : g.N, s.a_k = transP ? g.N : 1;
-  s.b_b[0] = g.hd, s.b_k = ldy, s.b_n = 1;
-  s.c_b[0] = g.hd, s.c_m = ldc, s.c_n = 1;
+  s.a_b[0] = g.H * g.N * g.N, s.a_b[1] = g.N * g.N, s.a_m = transP ? 1 : g.N, s.a_k = transP ? g.N : 1;
+  s.b_b[0] = ldby, s.b_b[1] = g.hd, s.b_k = ldy, s.b_n = 1;
+  s.c_b[0] = ldbc, s.c_b[1] = g.hd, s.c_m = ldc, s.c_n = 1;
   s.alpha = alpha;
   gemm(s, P, Y, C);
 }
@@ -87,13 +96,14 @@ void attention_fwd(const OpArgs& a) {
   Geom g = geom(a.in[0], a);
   const float* QKV = a.in[0].f();
   float *O = a.out[0].f(), *LSE = a.out[1].present() ? a.out[1].f() : nullptr;
-  int64_t ld = 3 * g.A;
-  Scratch S(static_cast<size_t>(g.H * g.N * g.N));
-  for (int64_t b = 0; b < g.B; ++b) {
-    const float* q = QKV + b * g.N * ld;
-    gemm_heads_nt(g, q, ld, q + g.A, ld, S.get(), g.scale);
-    softmax_rows(S.get(), g.H * g.N, g.N, g.N, LSE ? LSE + b * g.H * g.N : nullptr, 1);
-    gemm_heads_pn(g, S.get(), false, q + 2 * g.A, ld, O + b * g.N * g.A, g.A, 1.0f);
+  int64_t ld = 3 * g.A, chunk = images_per_chunk(g);
+  Scratch S(static_cast<size_t>(chunk * g.H * g.N * g.N));
+  for (int64_t b0 = 0; b0 < g.B; b0 += chunk) {
+    int64_t nb = std::min(chunk, g.B - b0);
+    const float* q = QKV + b0 * g.N * ld;
+    gemm_scores(g, nb, q, g.N * ld, ld, q + g.A, g.N * ld, ld, S.get(), g.scale);
+    softmax_rows(S.get(), nb * g.H * g.N, g.N, g.N, LSE ? LSE + b0 * g.H * g.N : nullptr, 1);
+    gemm_apply(g, nb, S.get(), false, q + 2 * g.A, g.N * ld, ld, O + b0 * g.N * g.A, g.N * g.A, g.A, 1.0f);
   }
 }
 
@@ -101,20 +111,22 @@ void attention_bwd(const OpArgs& a) {
   Geom g = geom(a.in[1], a);
   const float *DO = a.in[0].f(), *QKV = a.in[1].f(), *O = a.in[2].f(), *LSE = a.in[3].f();
   float* DQKV = a.out[0].f();
-  int64_t ld = 3 * g.A, NN = g.N * g.N;
-  Scratch P(static_cast<size_t>(g.H * NN)), dS(static_cast<size_t>(g.H * NN));
-  for (int64_t b = 0; b < g.B; ++b) {
-    const float *q = QKV + b * g.N * ld, *dout = DO + b * g.N * g.A, *o = O + b * g.N * g.A;
-    const float* lse = LSE + b * g.H * g.N;
-    float* dq = DQKV + b * g.N * ld;
-    gemm_heads_nt(g, q, ld, q + g.A, ld, P.get(), g.scale);
-    gemm_heads_nt(g, dout, g.A, q + 2 * g.A, ld, dS.get(), 1.0f);  // dP
-    parallel_for(g.H * g.N, 8, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t h = r / g.N, n = r % g.N;
-        float l = lse[h * g.N + n];
+  int64_t ld = 3 * g.A, NN = g.N * g.N, chunk = images_per_chunk(g);
+  Scratch P(static_cast<size_t>(chunk * g.H * NN)), dS(static_cast<size_t>(chunk * g.H * NN));
+  for (int64_t b0 = 0; b0 < g.B; b0 += chunk) {
+    int64_t nb = std::min(chunk, g.B - b0);
+    const float *q = QKV + b0 * g.N * ld, *dout = DO + b0 * g.N * g.A, *o = O + b0 * g.N * g.A;
+    const float* lse = LSE + b0 * g.H * g.N;
+    float* dq = DQKV + b0 * g.N * ld;
+    gemm_scores(g, nb, q, g.N * ld, ld, q + g.A, g.N * ld, ld, P.get(), g.scale);
+    gemm_scores(g, nb, dout, g.N * g.A, g.A, q + 2 * g.A, g.N * ld, ld, dS.get(), 1.0f);  // dP
+    parallel_for(nb * g.H * g.N, 8, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {  // r = (image, head, n)
+        int64_t b = r / (g.H * g.N), h = (r / g.N) % g.H, n = r % g.N;
+        const float *dor = dout + (b * g.N + n) * g.A + h * g.hd, *orow = o + (b * g.N + n) * g.A + h * g.hd;
+        float l = lse[r];
         float D = 0;
-        for (int64_t d = 0; d < g.hd; ++d) D += dout[n * g.A + h * g.hd + d] * o[n * g.A + h * g.hd + d];
+        for (int64_t d = 0; d < g.hd; ++d) D += dor[d] * orow[d];
         float *prow = P.get() + r * g.N, *drow = dS.get() + r * g.N;
         __m256 vl = _mm256_set1_ps(l), vD = _mm256_set1_ps(D);
         int64_t m = 0;
@@ -130,9 +142,9 @@ void attention_bwd(const OpArgs& a) {
         }
       }
     });
-    gemm_heads_pn(g, P.get(), true, dout, g.A, dq + 2 * g.A, ld, 1.0f);        // dV = P^T dO
-    gemm_heads_pn(g, dS.get(), false, q + g.A, ld, dq, ld, g.scale);           // dQ = scale dS K
-    gemm_heads_pn(g, dS.get(), true, q, ld, dq + g.A, ld, g.scale);            // dK = scale dS^T Q
+    gemm_apply(g, nb, P.get(), true, dout, g.N * g.A, g.A, dq + 2 * g.A, g.N * ld, ld, 1.0f);  // dV = P^T dO
+    gemm_apply(g, nb, dS.get(), false, q + g.A, g.N * ld, ld, dq, g.N * ld, ld, g.scale);      // dQ = scale dS K
+    gemm_apply(g, nb, dS.get(), true, q, g.N * ld, ld, dq + g.A, g.N * ld, ld, g.scale);       // dK = scale dS^T Q
   }
 }
 
