@@ -2,6 +2,9 @@
 // through the row-major GEMMs of blas.h (cuBLAS, fp32 without TF32).
 //   forward:  y[M, N] = x[M, K] w[N, K]^T (+ b broadcast: written first, then the GEMM adds with beta 1)
 //   backward: dx[M, K] = dy[M, N] w[N, K];  dw[N, K] += dy^T x;  db[N] += sum_m dy[m, :]
+// fused_linear (the plan compiler's fusion, forward only): y (+)= act(x w^T + b), act 0 none, 1 StarReLU
+//   s * relu(.)^2 + sb (device scalars), 2 SquaredReLU; the GEMM writes into y (or a scratch when an
+//   activation must be applied before adding into y), then one elementwise epilogue.
 #include "blas.h"
 #include "cuda_common.h"
 
@@ -15,6 +18,66 @@ __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     y[i] = b[i % N];
+}
+
+// y = act(t) or y += act(t); t may be y itself (in place, accumulate 0).
+__global__ void act_epilogue_kernel(const float* t,                 // [n]
+                                    float* y,                       // [n]
+                                    const float* __restrict__ s,    // [1] or null (act 1)
+                                    const float* __restrict__ sb,   // [1] or null (act 1)
+                                    int64_t n, int act, int accumulate) {
+  const float sv = s ? *s : 1.0f, bv = sb ? *sb : 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = t[i];
+    if (act != 0) {
+      float r = fmaxf(v, 0.0f);
+      v = fmaf(sv * r, r, bv);
+    }
+    y[i] = accumulate ? y[i] + v : v;
+  }
+}
+
+// y[m, n] += b[n]
+__global__ void add_rows_kernel(const float* __restrict__ b,  // [N]
+                                int64_t M, int64_t N,
+                                float* __restrict__ y) {  // [M, N]
+  int64_t total = M * N;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] += b[i % N];
+}
+
+void fused_linear_fwd(const OpArgs& a) {
+  const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2], &y = a.out[0];  // x[M,K] w[N,K] b[N]? y[M,N]
+  const TensorView &s = a.in[3], &sb = a.in[4];                                // s[1]? sb[1]? (act 1)
+  int64_t M = x.rows(), K = w.shape[1], N = w.shape[0];
+  int act = static_cast<int>(a.attr[0]);
+  bool acc = a.attr[1] != 0;
+  if (M * N == 0) return;
+  const float* S = act == 1 ? s.f() : nullptr;
+  const float* SB = act == 1 ? sb.f() : nullptr;
+  if (acc && act == 0) {  // y += x w^T + b: bias into y, then the GEMM adds with beta 1
+    if (b.present()) {
+      add_rows_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(b.f(), M, N, y.f());
+      after_launch("fused_linear (bias)");
+    }
+    gemm("fused_linear", false, true, M, N, K, 1.0f, x.f(), K, w.f(), K, 1.0f, y.f(), N);
+    return;
+  }
+  Scratch tmp(acc ? static_cast<size_t>(M * N) * sizeof(float) : 1);
+  float* t = acc ? tmp.as<float>() : y.f();
+  float beta = 0.0f;
+  if (b.present()) {
+    broadcast_rows_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(b.f(), M, N, t);
+    after_launch("fused_linear (bias)");
+    beta = 1.0f;
+  }
+  gemm("fused_linear", false, true, M, N, K, 1.0f, x.f(), K, w.f(), K, beta, t, N);
+  if (act != 0 || acc) {
+    act_epilogue_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(t, y.f(), S, SB, M * N, act, acc ? 1 : 0);
+    after_launch("fused_linear (activation)");
+  }
 }
 
 void linear_fwd(const OpArgs& a) {
@@ -44,3 +107,4 @@ void linear_bwd(const OpArgs& a) {
 }  // namespace mf::cuda
 
 MF_REGISTER(cuda, linear, mf::cuda::linear_fwd, mf::cuda::linear_bwd);
+MF_REGISTER(cuda, fused_linear, mf::cuda::fused_linear_fwd, nullptr);

@@ -337,6 +337,21 @@ void linear_cases(Result& r) {
   }
 }
 
+void fused_linear_cases(Result& r) {
+  std::vector<int64_t> xs{3, 7, 37}, ys{3, 7, 19};
+  HT x = randn(xs), w = randn({19, 37}, 1.0 / std::sqrt(37.0)), b = randn({19}, 0.1);
+  HT s = uniform({1}, 0.6f, 1.2f), sb = uniform({1}, -0.6f, 0.2f);
+  for (int act : {0, 1, 2})
+    for (int acc : {0, 1})
+      for (bool bias : {true, false}) {
+        std::string nm = "x[3,7,37] N=19 act " + std::to_string(act) + (acc ? " accumulate" : "") + (bias ? " bias" : "");
+        run_case({nm, OpId::fused_linear, Dir::forward,
+                  {x, w, bias ? b : none(), act == 1 ? s : none(), act == 1 ? sb : none()},
+                  {acc ? randn(ys) : nan_like(ys)}, {double(act), double(acc)}},
+                 r);
+      }
+}
+
 void conv_cases(Result& r) {
   struct S { std::vector<int64_t> x; int64_t co, k, stride, pad; bool nchw; };
   for (S s : {S{{2, 3, 23, 19}, 8, 7, 4, 2, true}, S{{2, 9, 11, 13}, 17, 3, 2, 1, false},
@@ -730,6 +745,7 @@ int main(int argc, char** argv) {
   try {
     if (ops) {
       linear_cases(r);
+      fused_linear_cases(r);
       conv_cases(r);
       dwconv_cases(r);
       layernorm_cases(r);
