@@ -41,6 +41,14 @@ PLANS=${PLANS_DIR:-$ROOT/build-gpu-plans}
 CHECK=$BUILD/metaformer_cuda_check
 PY=${PYTHON:-python3}
 
+# nvcc is often installed without being on PATH.
+if ! command -v nvcc >/dev/null 2>&1; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-*/bin /opt/cuda/bin; do
+    if [ -x "$d/nvcc" ]; then export PATH="$d:$PATH"; break; fi
+  done
+fi
+command -v nvcc >/dev/null 2>&1 && export CUDACXX=${CUDACXX:-$(command -v nvcc)}
+
 log() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stage() {  # stage NAME STATUS REASON
