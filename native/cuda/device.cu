@@ -50,8 +50,15 @@ void init_once() {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess || n == 0) {
-      s.reason = e != cudaSuccess ? std::string("no usable CUDA driver or device (") + cudaGetErrorString(e) + ")"
-                                  : std::string("no CUDA device found");
+      int rt = 0;
+      cudaRuntimeGetVersion(&rt);
+      std::string runtime = std::to_string(rt / 1000) + "." + std::to_string(rt % 1000 / 10);
+      if (e == cudaErrorInsufficientDriver)
+        s.reason = "no NVIDIA driver, or one older than the CUDA " + runtime + " runtime this build uses";
+      else if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0))
+        s.reason = "no CUDA device found";
+      else
+        s.reason = std::string("no usable CUDA driver or device (") + cudaGetErrorString(e) + ")";
       cudaGetLastError();
       return;
     }
