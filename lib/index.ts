@@ -21,3 +21,6 @@ export { fetchWeights, createPretrained, defaultCacheDir, type FetchOptions, typ
 export { classify, type ClassifyOptions, type ClassifyInput, type Prediction } from './classify.js';
 export { imagenetLabels, type ClassLabel, type LabelSet } from './labels.js';
 export * as train from './train/index.js';
+export { exportOnnx, toOnnxBytes, type OnnxExportOptions } from './io/onnx.js';
+export { compilePlan, type CompiledPlan, type StepTime } from './plan.js';
+export { profileOps } from './backend.js';

@@ -2,37 +2,11 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { classify, type Prediction } from '../../classify.js';
-import { loadWeights, readCheckpointConfig } from '../../io/checkpoint.js';
-import { createModel } from '../../models/index.js';
-import { resolveConfig, type CustomModelConfig, type MetaFormer } from '../../models/metaformer.js';
-import { intOption, stringOption, UsageError, type Command, type OptionValues } from '../command.js';
+import { modelFromOptions } from '../model-arg.js';
+import { intOption, stringOption, UsageError, type Command } from '../command.js';
 
 /** The model `classify` uses when none is named. */
 export const DEFAULT_CLASSIFY_MODEL = 'caformer_s18';
-
-/**
- * The model to run: a checkpoint that records its configuration (saved by this library) builds its own model
- * unless --model is given; otherwise the named (default) model with its pretrained or the given weights.
- */
-async function buildModel(values: OptionValues): Promise<MetaFormer> {
-  const name = stringOption(values, 'model');
-  const weights = stringOption(values, 'weights');
-  const fetch = { cacheDir: stringOption(values, 'cache-dir'), offline: values.offline === true ? true : undefined };
-  if (weights !== undefined && name === undefined && !/^https?:\/\//i.test(weights)) {
-    const config = await readCheckpointConfig(weights);
-    if (config) {
-      const model = createModel(resolveConfig(config as unknown as CustomModelConfig));
-      try {
-        await loadWeights(model, weights);
-      } catch (e) {
-        model.dispose();
-        throw e;
-      }
-      return model.eval();
-    }
-  }
-  return createModel(name ?? DEFAULT_CLASSIFY_MODEL, { pretrained: weights ?? true, ...fetch });
-}
 
 function percent(p: number): string {
   return `${(100 * p).toFixed(2).padStart(6)}%`;
@@ -66,7 +40,7 @@ export const classifyCommand: Command = {
       const st = await fsp.stat(image).catch(() => null);
       if (!st?.isFile()) throw new Error(`Expected an image file but received ${JSON.stringify(image)} (${st ? 'not a file' : 'not found'})`);
     }
-    const model = await buildModel(values);
+    const model = await modelFromOptions(values, DEFAULT_CLASSIFY_MODEL);
     let results: Prediction[][];
     try {
       results = await classify(positionals, { model, topK });

@@ -10,6 +10,7 @@ import { listModelsCommand } from './list-models.js';
 import { trainCommand } from './train.js';
 import { evalCommand } from './eval.js';
 import { benchCommand } from './bench.js';
+import { exportOnnxCommand } from './export-onnx.js';
 
 export const COMMANDS: readonly Command[] = [
   classifyCommand,
@@ -19,4 +20,5 @@ export const COMMANDS: readonly Command[] = [
   trainCommand,
   evalCommand,
   benchCommand,
+  exportOnnxCommand,
 ];
