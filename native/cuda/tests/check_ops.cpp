@@ -4,17 +4,20 @@
 // reference kernels and the CUDA kernels linked together (target metaformer_cuda_check, cmake/cuda.cmake).
 //
 //   metaformer_cuda_check [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--backend ref|cuda]
-//                         [--json FILE] [--filter TEXT] [--seed N]
+//                         [--json FILE] [--filter TEXT] [--seed N] [--self-test]
 //     --ops        every op and direction, ref vs cuda (the default when nothing else is asked)
 //     --bench      kernel timings (CUDA events, median of many runs after warm-up), B = 1, 64, 256
 //     --quick      bench with B = 1 and 64 only
 //     --plans DIR  replay the exported model plans in DIR (run_plan.cpp) on --backend (default cuda),
 //                  checking outputs against the expected data; --time-plans also times them
 //     --json       also write one JSON object per line (checks and timings) to FILE
+//     --self-test  run every op case through the reference on both sides, on the host (no GPU): checks
+//                  that the cases themselves are valid
 //
 // Every written output is pre-filled with NaN on both sides, so an element a kernel skips fails; every
 // accumulated (+=) output starts from the same random values on both sides. The metric is the relative
-// L2 error ||cuda - ref|| / ||ref|| per output, against the tolerance table below (one place). Expected
+// L2 error ||cuda - ref|| / ||ref|| per output, against the tolerance table below (one place); ops with
+// tolerance 0 must match bit for bit (the count of differing bytes is reported). Expected
 // errors (bad class ids, mixed devices) must throw mf::Error, never crash. Exit status 1 on any failure.
 #include <cuda_runtime.h>
 
@@ -163,6 +166,7 @@ struct Result {
 
 FILE* g_json = nullptr;
 std::string g_filter;
+bool g_self_test = false;  // --self-test: the reference against itself on the host (checks the cases, no GPU)
 
 void json_line(const std::string& s) {
   if (g_json) std::fprintf(g_json, "%s\n", s.c_str());
@@ -210,7 +214,7 @@ double rel_l2(const HT& ref, const HT& got, double* max_abs) {
       default:  // integer and half types: compared bytewise by the caller
         r = g = 0;
     }
-    double d = g - r;
+    double d = g == r ? 0.0 : g - r;  // equal infinities count as equal
     if (std::isnan(g) != std::isnan(r)) d = NAN;
     else if (std::isnan(g)) d = 0;
     num += d * d;
@@ -243,7 +247,17 @@ void run_case(const Case& c, Result& res) {
   // CUDA.
   std::vector<HT> got = c.out;
   std::vector<void*> din, dout;
+  if (g_self_test) {
+    std::vector<void*> gout;
+    for (HT& t : got) gout.push_back(t.present ? t.bytes.data() : nullptr);
+    try {
+      run_op(ref_backend(), c.op, c.dir, args_of(c, hin, gout, kHostDevice));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
   try {
+    if (g_self_test) throw std::runtime_error("");
     for (const HT& t : c.in) {
       void* p = nullptr;
       if (t.present) {
@@ -265,7 +279,7 @@ void run_case(const Case& c, Result& res) {
     for (size_t i = 0; i < got.size(); ++i)
       if (got[i].present) cuda::copy(got[i].bytes.data(), 0, dout[i], 1, got[i].nbytes());
   } catch (const std::exception& e) {
-    error = e.what();
+    if (!g_self_test) error = e.what();
   }
   for (size_t i = 0; i < din.size(); ++i)
     if (din[i]) cuda::device_free(din[i], c.in[i].nbytes());
@@ -282,9 +296,9 @@ void run_case(const Case& c, Result& res) {
   for (size_t i = 0; i < got.size(); ++i) {
     if (!got[i].present) continue;
     double err, mx = 0;
-    if (got[i].dt == DType::f32 || got[i].dt == DType::f64) {
+    if (tol > 0 && (got[i].dt == DType::f32 || got[i].dt == DType::f64)) {
       err = rel_l2(ref_out[i], got[i], &mx);
-    } else {
+    } else {  // bit-exact ops (tolerance 0) and non-float outputs: the number of differing bytes
       int64_t diff = 0;
       for (size_t k = 0; k < got[i].bytes.size(); ++k) diff += got[i].bytes[k] != ref_out[i].bytes[k];
       err = static_cast<double>(diff);
@@ -717,6 +731,7 @@ int main(int argc, char** argv) {
     else if (a == "--quick") quick = true;
     else if (a == "--plans" && i + 1 < argc) plans = argv[++i];
     else if (a == "--time-plans") time_plans = true;
+    else if (a == "--self-test") g_self_test = true;
     else if (a == "--backend" && i + 1 < argc) backend = argv[++i];
     else if (a == "--json" && i + 1 < argc) g_json = std::fopen(argv[++i], "w");
     else if (a == "--filter" && i + 1 < argc) g_filter = argv[++i];
@@ -724,7 +739,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: %s [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--backend ref|cuda] "
-                   "[--json FILE] [--filter TEXT] [--seed N]\n",
+                   "[--json FILE] [--filter TEXT] [--seed N] [--self-test]\n",
                    argv[0]);
       return 2;
     }
@@ -735,6 +750,25 @@ int main(int argc, char** argv) {
     if (g_json) std::fclose(g_json);
     std::printf("%d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;
+  }
+  if (g_self_test) {  // every case through the reference on both sides: validates the cases themselves
+    Result r;
+    linear_cases(r);
+    fused_linear_cases(r);
+    conv_cases(r);
+    dwconv_cases(r);
+    layernorm_cases(r);
+    starrelu_cases(r);
+    attention_cases(r);
+    mixing_cases(r);
+    pool_cases(r);
+    residual_cases(r);
+    loss_cases(r);
+    dropout_cases(r);
+    util_cases(r);
+    optim_cases(r);
+    std::printf("%d passed, %d failed\n", r.passed, r.failed);
+    return r.failed ? 1 : 0;
   }
   if (!cuda::available()) {
     std::printf("SKIP  no usable CUDA device: %s\n", cuda::unavailable_reason().c_str());
