@@ -169,6 +169,26 @@ export async function readCheckpointConfig(file: string): Promise<Record<string,
   }
 }
 
+/** The metadata key under which trained weights record their class names (a JSON array of strings). */
+export const LABELS_METADATA_KEY = 'metaformer_labels';
+
+/** The class names saved in a safetensors checkpoint (by the trainer), or null. */
+export async function readCheckpointLabels(file: string): Promise<string[] | null> {
+  if ((await sniffFormat(file)) !== 'safetensors') return null;
+  const text = (await readSafetensorsHeader(file)).metadata[LABELS_METADATA_KEY];
+  if (text === undefined) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new Error(`${file}: expected JSON in the '${LABELS_METADATA_KEY}' metadata entry`);
+  }
+  if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) {
+    throw new Error(`${file}: expected an array of class names in the '${LABELS_METADATA_KEY}' metadata entry`);
+  }
+  return v as string[];
+}
+
 export interface SaveCheckpointOptions {
   /** Default: from the extension (.safetensors; .pth, .pt, .bin, .ckpt). */
   format?: CheckpointFormat;

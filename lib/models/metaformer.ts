@@ -11,7 +11,7 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { compilePlan, type CompiledPlan } from '../plan.js';
 import { expectation, Tensor } from '../tensor.js';
-import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, REGISTRY } from './zoo.js';
+import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, REGISTRY, type StemConfig } from './zoo.js';
 
 /** A custom configuration: the family supplies mixers, norms and head. */
 export interface CustomModelConfig {
@@ -22,6 +22,8 @@ export interface CustomModelConfig {
   /** Input size (square) or [H, W]; default 224. RandFormer's mixing matrices follow it. */
   imageSize?: number | [number, number];
   name?: string;
+  /** The stem convolution (default: the official k7 s4 p2). */
+  stem?: StemConfig;
 }
 
 export interface ModelOptions {
@@ -40,10 +42,10 @@ export interface FeatureOutput {
   stages?: Tensor[];
 }
 
-/** Spatial sizes after the stem (k7 s4 p2) and each downsampling (k3 s2 p1). */
-export function stageSizes(h: number, w: number): [number, number][] {
+/** Spatial sizes after the stem (official: k7 s4 p2) and each downsampling (k3 s2 p1). */
+export function stageSizes(h: number, w: number, stem: StemConfig = OFFICIAL_STEM): [number, number][] {
   const out: [number, number][] = [];
-  let hh = conv2dOutputSize(h, 7, 4, 2), ww = conv2dOutputSize(w, 7, 4, 2);
+  let hh = conv2dOutputSize(h, stem.kernel, stem.stride, stem.padding), ww = conv2dOutputSize(w, stem.kernel, stem.stride, stem.padding);
   for (let i = 0; i < 4; ++i) {
     if (i > 0) {
       hh = conv2dOutputSize(hh, 3, 2, 1);
@@ -76,6 +78,12 @@ export function resolveConfig(nameOrConfig: string | CustomModelConfig | ModelCo
   const inputSize: [number, number] = typeof size === 'number' ? [size, size] : [size[0], size[1]];
   checkPositiveInts('imageSize', inputSize, 2);
   const numClasses = c.numClasses ?? 1000;
+  if (c.stem !== undefined) {
+    const st = c.stem as Partial<StemConfig> | null;
+    const ok = st !== null && typeof st === 'object' && [st.kernel, st.stride, st.padding].every((v) => Number.isSafeInteger(v) && (v as number) >= 0)
+      && (st.kernel as number) >= 1 && (st.stride as number) >= 1;
+    if (!ok) throw new TypeError(expectation('{ kernel, stride, padding } (non-negative integers, kernel and stride >= 1)', 'stem', c.stem));
+  }
   if (!Number.isSafeInteger(numClasses) || numClasses < 1) throw new TypeError(expectation('a positive integer', 'numClasses', numClasses));
   return {
     ...familyDefaults(c.family),
@@ -119,14 +127,18 @@ export class MetaFormer extends Module {
     if (!(dpr >= 0 && dpr < 1)) throw new RangeError(expectation('a number in [0, 1)', 'dropPathRate', dpr));
     const headDropout = opts.headDropout ?? 0;
     if (!(headDropout >= 0 && headDropout < 1)) throw new RangeError(expectation('a number in [0, 1)', 'headDropout', headDropout));
-    const sizes = stageSizes(c.inputSize[0], c.inputSize[1]);
+    const stem = c.stem ?? OFFICIAL_STEM;
+    const sizes = stageSizes(c.inputSize[0], c.inputSize[1], stem);
+    if (sizes.some(([h, w]) => h < 1 || w < 1)) {
+      throw new RangeError(expectation('an input size that leaves every stage at least 1x1', 'imageSize', `${c.inputSize.join('x')}`));
+    }
     const down: Module[] = [];
     const stages: Module[] = [];
     const total = c.depths.reduce((a, b) => a + b, 0);
     let block = 0;
     for (let i = 0; i < 4; ++i) {
       down.push(i === 0
-        ? new L.Downsampling(3, c.dims[0]!, 7, 4, 2, { postNorm: true, imageInput: true })
+        ? new L.Downsampling(3, c.dims[0]!, stem.kernel, stem.stride, stem.padding, { postNorm: true, imageInput: true })
         : new L.Downsampling(c.dims[i - 1]!, c.dims[i]!, 3, 2, 1, { preNorm: true }));
       const blocks: Module[] = [];
       const tokens = sizes[i]![0] * sizes[i]![1];
@@ -176,7 +188,7 @@ export class MetaFormer extends Module {
     if (h < 4 || w < 4) throw new RangeError(`${where}: ${expectation('an image of at least 4x4', 'input', x)}`);
     if (this.config.tokenMixers.includes('random')) {
       const [eh, ew] = this.config.inputSize;
-      const got = stageSizes(h, w), want = stageSizes(eh, ew);
+      const got = stageSizes(h, w, this.config.stem), want = stageSizes(eh, ew, this.config.stem);
       if (got[2]![0] * got[2]![1] !== want[2]![0] * want[2]![1] || got[3]![0] * got[3]![1] !== want[3]![0] * want[3]![1]) {
         throw new RangeError(`${where}: ${expectation(`a ${eh}x${ew} input (RandFormer's mixing matrices are built for it)`, 'input', x)}`);
       }

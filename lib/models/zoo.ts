@@ -31,7 +31,20 @@ export interface ModelConfig {
   url?: string;
   /** Pretrained on ImageNet-21k (21841 classes) or fine-tuned from it. */
   pretrain: 'in1k' | 'in21k' | 'in21ft1k';
+  /**
+   * The stem convolution; absent: the official k7 s4 p2. Small inputs (e.g. 28x28) may want a smaller
+   * stride. The three downsampling layers are always the official k3 s2 p1.
+   */
+  stem?: StemConfig;
 }
+
+export interface StemConfig {
+  kernel: number;
+  stride: number;
+  padding: number;
+}
+
+export const OFFICIAL_STEM: Readonly<StemConfig> = { kernel: 7, stride: 4, padding: 2 };
 
 export const IMAGENET_MEAN: [number, number, number] = [0.485, 0.456, 0.406];
 export const IMAGENET_STD: [number, number, number] = [0.229, 0.224, 0.225];

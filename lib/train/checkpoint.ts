@@ -31,7 +31,7 @@ import type { Optimizer, OptimizerState } from './optim.js';
 export const TRAIN_METADATA_KEY = 'metaformer_train';
 export { CONFIG_METADATA_KEY };
 /** Class names of the head, a JSON array, in the weights files the Trainer exports. */
-export const LABELS_METADATA_KEY = 'metaformer_labels';
+export { LABELS_METADATA_KEY } from '../io/checkpoint.js';
 export const TRAIN_FORMAT = 'metaformer-train';
 
 /** The JSON part of a checkpoint. */

@@ -39,6 +39,11 @@ export const TRAIN_PRESETS: Readonly<Record<string, { config: Omit<CustomModelCo
     config: { family: 'caformer', depths: [2, 2, 2, 1], dims: [32, 64, 128, 160], imageSize: 28, name: 'caformer_fmnist' },
     note: '28x28 input: the stem (k7 s4 p2) gives 7x7 tokens, then 4x4, 2x2, 1x1; attention dims are multiples of 32',
   },
+  caformer_fmnist_s2: {
+    config: { family: 'caformer', depths: [2, 2, 2, 1], dims: [32, 64, 128, 160], imageSize: 28, name: 'caformer_fmnist_s2',
+      stem: { kernel: 3, stride: 2, padding: 1 } },
+    note: '28x28 input with a stride-2 stem (k3 s2 p1): 14x14 tokens, then 7x7, 4x4, 2x2 (four times the first stage\'s tokens)',
+  },
   caformer_micro: {
     config: { family: 'caformer', depths: [1, 1, 2, 1], dims: [32, 64, 96, 128], imageSize: 32, name: 'caformer_micro' },
     note: 'the small CAFormer of the PyTorch reference timing (32x32: 8x8, 4x4, 2x2, 1x1 tokens)',

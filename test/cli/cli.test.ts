@@ -217,12 +217,26 @@ describe('metaformer classify', () => {
     ]);
   });
 
-  it(`runs the default model (${DEFAULT_CLASSIFY_MODEL}) with given weights and prints ImageNet labels`, async () => {
+  it('runs the shipped Fashion-MNIST model by default on the shipped samples, with its class names', () => {
+    const samples = fs.readdirSync(path.join(root, 'assets', 'samples')).filter((f) => f.endsWith('.png')).sort();
+    expect(samples.length).toBe(10);
+    const r = cli('classify', ...samples.map((f) => path.join(root, 'assets', 'samples', f)), '--json', '--top', '1');
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { image: string; predictions: { label: string; probability: number }[] }[];
+    // File names carry the true class (the first test image of each class, not chosen by the model).
+    const slug = (label: string) => label.toLowerCase().replace(/[^a-z]+/g, '-');
+    const correct = out.filter((o) => path.basename(o.image).slice(5, -4) === slug(o.predictions[0]!.label)).length;
+    expect(correct, JSON.stringify(out.map((o) => [path.basename(o.image), o.predictions[0]!.label]))).toBeGreaterThanOrEqual(8);
+    const text = cli('classify', path.join(root, 'assets', 'samples', samples[0]!));
+    expect(text.stdout).toMatch(/%\s+\d+\s+[A-Z]/);  // a class name, not an index
+  });
+
+  it(`runs ${DEFAULT_CLASSIFY_MODEL} with given weights and prints ImageNet labels`, async () => {
     const fx = await loadFixture('models', 'caformer_s18_224.safetensors');
     const weights = path.join(tmp, 's18.safetensors');
     await writeSafetensors(weights, [...fx.tensors].filter(([k]) => k.startsWith('param.')).map(([k, t]) => [k.slice(6), t]));
     disposeAll(fx.tensors);
-    const r = cli('classify', CAT, '--weights', weights, '--top', '2');
+    const r = cli('classify', CAT, '--model', DEFAULT_CLASSIFY_MODEL, '--weights', weights, '--top', '2');
     expect(r.code, r.stderr).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
     expect(lines.length).toBe(3);

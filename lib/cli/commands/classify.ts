@@ -1,11 +1,18 @@
-/** `metaformer classify <image...>`: the top classes of each image with a pretrained (or given) model. */
+/**
+ * `metaformer classify <image...>`: the top classes of each image. Without --model or --weights it runs
+ * the model shipped in the package: a small CAFormer trained from scratch on Fashion-MNIST
+ * (scripts/train-fashion-mnist.mjs), so it works offline with real trained weights.
+ */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { classify, type Prediction } from '../../classify.js';
+import { packageRoot } from '../../native.js';
 import { modelFromOptions } from '../model-arg.js';
-import { intOption, stringOption, UsageError, type Command } from '../command.js';
+import { intOption, UsageError, type Command } from '../command.js';
 
-/** The model `classify` uses when none is named. */
+/** The weights `classify` uses when no model is named: shipped in the package. */
+export const DEFAULT_CLASSIFY_WEIGHTS = path.join(packageRoot(), 'assets', 'models', 'fashion-mnist-caformer.safetensors');
+/** The registry model `--weights` applies to when the checkpoint does not record its own configuration. */
 export const DEFAULT_CLASSIFY_MODEL = 'caformer_s18';
 
 function percent(p: number): string {
@@ -14,10 +21,11 @@ function percent(p: number): string {
 
 export const classifyCommand: Command = {
   name: 'classify',
-  summary: `classify images (default model ${DEFAULT_CLASSIFY_MODEL}, pretrained weights downloaded and cached)`,
+  summary: 'classify images (default: the shipped Fashion-MNIST CAFormer; registry models download their weights)',
   usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--json] [--offline] [--cache-dir DIR]',
   details: [
-    `--model      a registry name (see list-models); default ${DEFAULT_CLASSIFY_MODEL}`,
+    '--model      a registry name (see list-models), with its pretrained weights (downloaded and cached);',
+    '             default: the Fashion-MNIST CAFormer shipped in the package',
     '--weights    a checkpoint to use instead of the registry weights; one saved by this library carries its',
     '             model configuration, so --model is not needed for it',
     '--top        how many classes to show per image (default 5)',
@@ -40,10 +48,10 @@ export const classifyCommand: Command = {
       const st = await fsp.stat(image).catch(() => null);
       if (!st?.isFile()) throw new Error(`Expected an image file but received ${JSON.stringify(image)} (${st ? 'not a file' : 'not found'})`);
     }
-    const model = await modelFromOptions(values, DEFAULT_CLASSIFY_MODEL);
+    const { model, labels } = await modelFromOptions(values, { file: DEFAULT_CLASSIFY_WEIGHTS });
     let results: Prediction[][];
     try {
-      results = await classify(positionals, { model, topK });
+      results = await classify(positionals, { model, topK, labels });
     } finally {
       model.dispose();
     }

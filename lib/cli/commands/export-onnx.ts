@@ -32,7 +32,7 @@ export const exportOnnxCommand: Command = {
     }
     const dtype = stringOption(values, 'dtype');
     if (dtype !== undefined && dtype !== 'float32' && dtype !== 'float16') throw new UsageError(`Expected float32 or float16 for --dtype but received ${dtype}`);
-    const model = await modelFromOptions(values, 'caformer_s18', values['no-pretrained'] !== true);
+    const { model } = await modelFromOptions(values, { model: 'caformer_s18' }, values['no-pretrained'] !== true);
     try {
       await exportOnnx(model, positionals[0]!, { batch, inputSize, opset: intOption(values, 'opset', 17), dtype });
       io.out(`wrote ${positionals[0]}: ${model.config.name}, batch ${batch}, input ${(inputSize ?? model.config.inputSize).join('x')}`);
