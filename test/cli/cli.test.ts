@@ -254,7 +254,7 @@ describe('metaformer classify', () => {
     const missing = cli('classify', path.join(tmp, 'nope.jpg'));
     expect(missing.code).toBe(1);
     expect(missing.stderr.trimEnd()).toMatch(/^metaformer classify: Expected an image file but received ".*nope\.jpg" \(not found\)$/);
-    const offline = cli('classify', CAT);
+    const offline = cli('classify', CAT, '--model', 'caformer_s18');
     expect(offline.code).toBe(1);
     expect(offline.stderr).toMatch(/^metaformer classify: offline mode: the weights for .*caformer_s18\.pth are not usable from the cache/);
   });
