@@ -7,48 +7,26 @@
 // Backward: db += col sums of dy; dw += dy^T col; dcol = dy w, scattered back into dx (col2im).
 #include <algorithm>
 
+#include "../core/geometry.h"
 #include "cpu.h"
 #include "gemm.h"
 
 namespace mf::cpu {
 namespace {
 
-struct Geom {
-  int64_t B, H, W, Ci, Co, kh, kw, Ho, Wo, stride, pad, Kc;
-  bool nchw;
-};
-
-Geom geom(const TensorView& x, const TensorView& w, const OpArgs& a) {
-  Geom g{};
-  g.stride = static_cast<int64_t>(a.attr[0]);
-  g.pad = static_cast<int64_t>(a.attr[1]);
-  g.nchw = a.attr[2] != 0;
-  g.B = x.shape[0];
-  g.Ci = g.nchw ? x.shape[1] : x.shape[3];
-  g.H = g.nchw ? x.shape[2] : x.shape[1];
-  g.W = g.nchw ? x.shape[3] : x.shape[2];
-  g.Co = w.shape[0];
-  g.kh = w.shape[2];
-  g.kw = w.shape[3];
-  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
-  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
-  g.Kc = g.kh * g.kw * g.Ci;
-  return g;
-}
-
 // Output pixels per GEMM chunk: bounded so the column buffer stays near 16 MB.
-int64_t chunk_rows(const Geom& g) {
-  int64_t rows = std::max<int64_t>(64, (int64_t(4) << 20) / std::max<int64_t>(1, g.Kc));
+int64_t chunk_rows(const ConvGeom& g) {
+  int64_t rows = std::max<int64_t>(64, (int64_t(4) << 20) / std::max<int64_t>(1, g.cols()));
   return std::min(rows, g.B * g.Ho * g.Wo);
 }
 
 // Fills col rows [m0, m1) (relative row r = m - m0), column order (ci, i, j).
-void im2col(const Geom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+void im2col(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m1) {
   int64_t kk = g.kh * g.kw;
   parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
-      float* dst = col + r * g.Kc;
+      float* dst = col + r * g.cols();
       for (int64_t i = 0; i < g.kh; ++i) {
         int64_t ih = oh * g.stride - g.pad + i;
         for (int64_t j = 0; j < g.kw; ++j) {
@@ -69,11 +47,11 @@ void im2col(const Geom& g, const float* x, float* col, int64_t m0, int64_t m1) {
 
 // dx += scatter of dcol rows [m0, m1). Rows of one image overlap through the kernel window, so this
 // runs serially per chunk (cheap next to the GEMMs).
-void col2im(const Geom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
+void col2im(const ConvGeom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
   int64_t kk = g.kh * g.kw;
   for (int64_t m = m0; m < m1; ++m) {
     int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
-    const float* src = dcol + (m - m0) * g.Kc;
+    const float* src = dcol + (m - m0) * g.cols();
     for (int64_t i = 0; i < g.kh; ++i) {
       int64_t ih = oh * g.stride - g.pad + i;
       for (int64_t j = 0; j < g.kw; ++j) {
@@ -92,24 +70,24 @@ void col2im(const Geom& g, const float* dcol, float* dx, int64_t m0, int64_t m1)
 
 void conv2d_fwd(const OpArgs& a) {
   const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];
-  Geom g = geom(x, w, a);
+  ConvGeom g = conv_geom(x, w, a.attr);
   int64_t M = g.B * g.Ho * g.Wo, rows = chunk_rows(g);
-  Scratch col(static_cast<size_t>(rows * g.Kc));
+  Scratch col(static_cast<size_t>(rows * g.cols()));
   for (int64_t m0 = 0; m0 < M; m0 += rows) {
     int64_t m1 = std::min(M, m0 + rows);
     im2col(g, x.f(), col.get(), m0, m1);
-    gemm_xwT(m1 - m0, g.Co, g.Kc, col.get(), w.f(), a.out[0].f() + m0 * g.Co, b.present() ? b.f() : nullptr, false);
+    gemm_xwT(m1 - m0, g.Co, g.cols(), col.get(), w.f(), a.out[0].f() + m0 * g.Co, b.present() ? b.f() : nullptr, false);
   }
 }
 
 void conv2d_bwd(const OpArgs& a) {
   const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2];
-  Geom g = geom(x, w, a);
+  ConvGeom g = conv_geom(x, w, a.attr);
   int64_t M = g.B * g.Ho * g.Wo, rows = chunk_rows(g);
   float *DX = a.out[0].present() ? a.out[0].f() : nullptr, *DW = a.out[1].present() ? a.out[1].f() : nullptr;
   if (a.out[2].present()) col_sum_accumulate(dy.f(), M, g.Co, a.out[2].f());
   if (!DX && !DW) return;
-  Scratch col(static_cast<size_t>(rows * g.Kc));
+  Scratch col(static_cast<size_t>(rows * g.cols()));
   if (DX) std::memset(DX, 0, sizeof(float) * static_cast<size_t>(x.numel()));
   for (int64_t m0 = 0; m0 < M; m0 += rows) {
     int64_t m1 = std::min(M, m0 + rows), n = m1 - m0;
@@ -117,19 +95,19 @@ void conv2d_bwd(const OpArgs& a) {
     if (DW) {  // dw[Co, Kc] += dy^T[Co, n] col[n, Kc]
       im2col(g, x.f(), col.get(), m0, m1);
       GemmShape s;
-      s.M = g.Co, s.N = g.Kc, s.K = n;
+      s.M = g.Co, s.N = g.cols(), s.K = n;
       s.a_m = 1, s.a_k = g.Co;
-      s.b_k = g.Kc, s.b_n = 1;
-      s.c_m = g.Kc, s.c_n = 1;
+      s.b_k = g.cols(), s.b_n = 1;
+      s.c_m = g.cols(), s.c_n = 1;
       s.accumulate = true;
       gemm(s, dyc, col.get(), DW);
     }
     if (DX) {  // dcol[n, Kc] = dy[n, Co] w[Co, Kc]
       GemmShape s;
-      s.M = n, s.N = g.Kc, s.K = g.Co;
+      s.M = n, s.N = g.cols(), s.K = g.Co;
       s.a_m = g.Co, s.a_k = 1;
-      s.b_k = g.Kc, s.b_n = 1;
-      s.c_m = g.Kc, s.c_n = 1;
+      s.b_k = g.cols(), s.b_n = 1;
+      s.c_m = g.cols(), s.c_n = 1;
       gemm(s, dyc, w.f(), col.get());
       col2im(g, col.get(), DX, m0, m1);
     }

@@ -7,6 +7,7 @@
 //   backward: dcol = dy w (then col2im, a gather per input element, writes dx);
 //             dw += dy^T col;  db += column sums of dy
 // Images are processed in chunks so that col stays under kColFloats (256 MiB).
+#include "../core/geometry.h"
 #include "blas.h"
 #include "cuda_common.h"
 
@@ -15,31 +16,7 @@ namespace {
 
 constexpr int64_t kColFloats = int64_t(64) << 20;
 
-struct ConvGeom {
-  int64_t B, H, W, Ci, Co, kh, kw, Ho, Wo, stride, pad;
-  int nchw;
-};
 
-ConvGeom geom(const TensorView& x, const TensorView& w, const OpArgs& a) {
-  ConvGeom g{};
-  g.stride = static_cast<int64_t>(a.attr[0]);
-  g.pad = static_cast<int64_t>(a.attr[1]);
-  g.nchw = a.attr[2] != 0;
-  g.B = x.shape[0];
-  g.Ci = g.nchw ? x.shape[1] : x.shape[3];
-  g.H = g.nchw ? x.shape[2] : x.shape[1];
-  g.W = g.nchw ? x.shape[3] : x.shape[2];
-  g.Co = w.shape[0];
-  g.kh = w.shape[2];
-  g.kw = w.shape[3];
-  g.Ho = (g.H + 2 * g.pad - g.kh) / g.stride + 1;
-  g.Wo = (g.W + 2 * g.pad - g.kw) / g.stride + 1;
-  return g;
-}
-
-__device__ __forceinline__ int64_t x_index(const ConvGeom& g, int64_t b, int64_t c, int64_t h, int64_t w) {
-  return g.nchw ? ((b * g.Ci + c) * g.H + h) * g.W + w : ((b * g.H + h) * g.W + w) * g.Ci + c;
-}
 
 // col[(b - b0) * Ho * Wo + oh * Wo + ow, (ci * kh + i) * kw + j] for images b0 .. b0 + nb - 1.
 __global__ void im2col_kernel(const float* __restrict__ x,  // [B, Ci, H, W] or [B, H, W, Ci]
@@ -52,7 +29,7 @@ __global__ void im2col_kernel(const float* __restrict__ x,  // [B, Ci, H, W] or 
     int64_t j = k % g.kw, i = (k / g.kw) % g.kh, ci = k / (g.kw * g.kh);
     int64_t ow = m % g.Wo, oh = (m / g.Wo) % g.Ho, b = b0 + m / (g.Wo * g.Ho);
     int64_t ih = oh * g.stride - g.pad + i, iw = ow * g.stride - g.pad + j;
-    col[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? x[x_index(g, b, ci, ih, iw)] : 0.0f;
+    col[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? x[g.x_index(b, ci, ih, iw)] : 0.0f;
   }
 }
 
@@ -91,7 +68,7 @@ __global__ void col2im_kernel(const float* __restrict__ dcol,  // [nb * Ho * Wo,
         acc += dcol[m * Kc + (ci * g.kh + i) * g.kw + j];
       }
     }
-    dx[x_index(g, b0 + bl, ci, ih, iw)] = acc;
+    dx[g.x_index(b0 + bl, ci, ih, iw)] = acc;
   }
 }
 
@@ -113,7 +90,7 @@ int64_t images_per_chunk(const ConvGeom& g) {
 
 void conv2d_fwd(const OpArgs& a) {
   const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2], &y = a.out[0];  // w[Co,Ci,kh,kw] b[Co]? y[B,Ho,Wo,Co]
-  ConvGeom g = geom(x, w, a);
+  ConvGeom g = conv_geom(x, w, a.attr);
   int64_t M = g.B * g.Ho * g.Wo, Kc = g.Ci * g.kh * g.kw;
   if (M == 0 || g.Co == 0) return;
   float beta = 0.0f;
@@ -137,7 +114,7 @@ void conv2d_fwd(const OpArgs& a) {
 void conv2d_bwd(const OpArgs& a) {
   const TensorView &dy = a.in[0], &x = a.in[1], &w = a.in[2];       // dy[B,Ho,Wo,Co] w[Co,Ci,kh,kw]
   const TensorView &dx = a.out[0], &dw = a.out[1], &db = a.out[2];  // dx like x?, dw like w?, db[Co]?
-  ConvGeom g = geom(x, w, a);
+  ConvGeom g = conv_geom(x, w, a.attr);
   int64_t M = g.B * g.Ho * g.Wo, Kc = g.Ci * g.kh * g.kw;
   if (dx.present() && (M == 0 || g.Co == 0)) zero(dx.f(), static_cast<size_t>(x.numel()) * sizeof(float));
   if (M == 0 || g.Co == 0) return;
