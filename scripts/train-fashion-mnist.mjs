@@ -8,6 +8,7 @@
 //                                                        fit in the 15-minute budget; writes nothing
 //   node scripts/train-fashion-mnist.mjs --epochs auto   a 30 s trial first, then as many epochs as fit the budget
 //   options: --epochs N|auto (default 10) --batch-size N --lr X --workers N --out DIR --resume CKPT --model PRESET
+//            --smoothing X (default 0.1) --drop-path X (default 0.05)
 //            --seed N --budget-minutes M (default 15) --ship FILE (copy the best weights there)
 //            --train-limit N --eval-limit N (a fixed random subset; smoke tests of the script only)
 //
@@ -52,6 +53,8 @@ const { values } = parseArgs({
     ship: { type: 'string' },
     'train-limit': { type: 'string' },
     'eval-limit': { type: 'string' },
+    smoothing: { type: 'string' },
+    'drop-path': { type: 'string' },
   },
 });
 
@@ -84,8 +87,8 @@ const recipe = {
   minLr: 1e-5,
   weightDecay: 0.05,
   warmupEpochs: 1,
-  dropPath: 0.05,
-  smoothing: 0.1,
+  dropPath: num('drop-path', 0.05),
+  smoothing: num('smoothing', 0.1),
   mixup: 0,
   cutmix: 0,
   reprob: 0,
