@@ -159,35 +159,27 @@ struct Checker {
 
 void check_linear(Checker& c, Dir dir) {
   const OpArgs& a = c.a;
-  if (dir == Dir::forward) {
-    c.arity(3, 1, 0);
-    c.set_float("x", a.in[0]);
-    expect_min_rank(c.op, "x", a.in[0], 1);
-    c.flt("w", a.in[1]);
-    expect_rank(c.op, "w", a.in[1], 2);
-    int64_t n = a.in[1].shape[0], k = a.in[1].shape[1];
-    expect_true(a.in[0].dim(-1) == k, ErrorKind::range, c.op, "last dimension " + std::to_string(k) +
-                " (w is " + a.in[1].shape_str() + ")", "x", a.in[0].shape_str());
+  bool fwd = dir == Dir::forward;
+  c.arity(3, fwd ? 1 : 3, 0);
+  const TensorView& x = a.in[fwd ? 0 : 1];  // [..., K]
+  const TensorView& w = a.in[fwd ? 1 : 2];  // [N, K]
+  c.set_float("x", x);
+  expect_min_rank(c.op, "x", x, 1);
+  c.flt("w", w);
+  expect_rank(c.op, "w", w, 2);
+  int64_t n = w.shape[0], k = w.shape[1];
+  expect_true(x.dim(-1) == k, ErrorKind::range, c.op, "last dimension " + std::to_string(k) + " (w is " + w.shape_str() + ")",
+              "x", x.shape_str());
+  int64_t ydims[kMaxDims];  // [..., N]
+  for (int i = 0; i < x.ndim; ++i) ydims[i] = x.shape[i];
+  ydims[x.ndim - 1] = n;
+  if (fwd) {
     c.opt_vec("b", a.in[2], n);
-    int64_t dims[kMaxDims];
-    for (int i = 0; i < a.in[0].ndim; ++i) dims[i] = a.in[0].shape[i];
-    dims[a.in[0].ndim - 1] = n;
-    c.shaped("y", a.out[0], dims, a.in[0].ndim);
+    c.shaped("y", a.out[0], ydims, x.ndim);
   } else {
-    c.arity(3, 3, 0);
-    c.set_float("x", a.in[1]);
-    expect_min_rank(c.op, "x", a.in[1], 1);
-    c.flt("w", a.in[2]);
-    expect_rank(c.op, "w", a.in[2], 2);
-    int64_t n = a.in[2].shape[0], k = a.in[2].shape[1];
-    expect_true(a.in[1].dim(-1) == k, ErrorKind::range, c.op, "last dimension " + std::to_string(k), "x",
-                a.in[1].shape_str());
-    int64_t dims[kMaxDims];
-    for (int i = 0; i < a.in[1].ndim; ++i) dims[i] = a.in[1].shape[i];
-    dims[a.in[1].ndim - 1] = n;
-    c.shaped("dy", a.in[0], dims, a.in[1].ndim);
-    c.opt_like("dx", a.out[0], a.in[1]);
-    c.opt_like("dw", a.out[1], a.in[2]);
+    c.shaped("dy", a.in[0], ydims, x.ndim);
+    c.opt_like("dx", a.out[0], x);
+    c.opt_like("dw", a.out[1], w);
     c.opt_vec("db", a.out[2], n);
   }
 }
