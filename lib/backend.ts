@@ -84,17 +84,17 @@ export function runOp(
     throw new TypeError(`${op}: Expected tensors on one device for its arguments but received ${onCpu} cpu and ` +
       `${onCuda} cuda tensors; move them with .to('cuda') or .to('cpu')`);
   }
+  const backend = refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0);
+  const t0 = opProfile ? performance.now() : 0;
+  addon.run(OP[op], dir, backend, inH, outH, attrs as number[]);
   if (opProfile) {
-    const t0 = performance.now();
-    addon.run(OP[op], dir, refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
-    const key = `${op}${dir ? ' bwd' : ''}${opProfileShapes ? ' ' + ins.map((t) => (t ? `[${t.shape.join(",")}]` : "-")).join(" ") : ''}`;
+    const shapes = opProfileShapes ? ' ' + ins.map((t) => (t ? `[${t.shape.join(',')}]` : '-')).join(' ') : '';
+    const key = `${op}${dir ? ' bwd' : ''}${shapes}`;
     const e = opProfile.get(key) ?? { calls: 0, ms: 0 };
     e.calls += 1;
     e.ms += performance.now() - t0;
     opProfile.set(key, e);
-    return;
   }
-  addon.run(OP[op], dir, refOps.has(op) ? BACKEND_ID.ref : backendId(dtypes, onCuda > 0), inH, outH, attrs as number[]);
 }
 
 /** Ops forced onto the reference backend (METAFORMER_REF_OPS=linear,conv2d): a debugging aid. */

@@ -106,7 +106,9 @@ export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
     dead.add(j);
   });
 
-  // 2. residual accumulation into the GEMM
+  // 2. residual accumulation into the GEMM: the linear step moves to the residual step's place,
+  //    right after `y = x * s`, and accumulates into y.
+  const after = new Map<number, TracedStep>();
   steps.forEach((s, k) => {
     if (s.op !== 'scale_add' || s.dir !== 0 || dead.has(k)) return;
     const [x, scale, r] = s.ins;
@@ -118,20 +120,19 @@ export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
     const isLinear = (lin.op === 'linear' || (lin.op === 'fused_linear' && lin.attrs[1] === 0)) && lin.dir === 0;
     if (!isLinear || lin.outs[0] !== root) return;
     const y = s.outs[0]!;
-    const acc = aliasIn(trace, y, root.shape);
     const ins = lin.op === 'linear' ? [...lin.ins, null, null] : [...lin.ins];
     const attrs = lin.op === 'linear' ? [0, 1] : [lin.attrs[0]!, 1];
     dead.add(i);
     steps[k] = { op: 'scale_add', dir: 0, ins: [x, scale ?? null, null], outs: [y], attrs: [] };
-    (steps[k] as TracedStep & { then?: TracedStep }).then = { op: 'fused_linear', dir: 0, ins, outs: [acc], attrs };
+    after.set(k, { op: 'fused_linear', dir: 0, ins, outs: [aliasIn(trace, y, root.shape)], attrs });
   });
 
   const rewritten: TracedStep[] = [];
   steps.forEach((s, i) => {
     if (dead.has(i)) return;
-    const { then, ...step } = s as TracedStep & { then?: TracedStep };
-    rewritten.push(step);
-    if (then) rewritten.push(then);
+    rewritten.push(s);
+    const next = after.get(i);
+    if (next) rewritten.push(next);
   });
   steps.length = 0;
   steps.push(...rewritten);

@@ -11,7 +11,7 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { compilePlan, type CompiledPlan } from '../plan.js';
 import { expectation, Tensor } from '../tensor.js';
-import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, REGISTRY, type StemConfig } from './zoo.js';
+import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
 /** A custom configuration: the family supplies mixers, norms and head. */
 export interface CustomModelConfig {
@@ -278,4 +278,3 @@ export class MetaFormer extends Module {
   }
 }
 
-export { REGISTRY };
