@@ -30,16 +30,52 @@ double total(const std::vector<double>& part, int64_t width, int64_t k) {
 
 // --- StarReLU ------------------------------------------------------------------------------------
 
+// y = s * relu(x)^2 + b over [0, n). max(x, 0) maps NaN to 0, as the reference's x > 0 ? x : 0 does.
+void starrelu_span(const float* X, float* Y, int64_t n, float s, float b) {
+  const __m256 vs = _mm256_set1_ps(s), vb = _mm256_set1_ps(b), z = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 r = _mm256_max_ps(_mm256_loadu_ps(X + i), z);
+    _mm256_storeu_ps(Y + i, _mm256_add_ps(_mm256_mul_ps(vs, _mm256_mul_ps(r, r)), vb));
+  }
+  for (; i < n; ++i) {
+    float r = X[i] > 0.0f ? X[i] : 0.0f;
+    Y[i] = s * (r * r) + b;
+  }
+}
+
 void starrelu_fwd(const OpArgs& a) {
   const float* X = a.in[0].f();
   float* Y = a.out[0].f();
   float s = a.in[1].present() ? a.in[1].f()[0] : 1.0f, b = a.in[2].present() ? a.in[2].f()[0] : 0.0f;
-  parallel_for(a.in[0].numel(), kChunk, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      float r = X[i] > 0.0f ? X[i] : 0.0f;
-      Y[i] = s * (r * r) + b;
+  parallel_for(a.in[0].numel(), kChunk, [=](int64_t i0, int64_t i1) { starrelu_span(X + i0, Y + i0, i1 - i0, s, b); });
+}
+
+// dx = dy * (2 s r) (when DX), and acc[0] += sum dy * r^2, acc[1] += sum dy in double (when sums):
+// these sums cancel heavily.
+void starrelu_bwd_span(const float* DY, const float* X, float* DX, int64_t n, float s, bool sums, double* acc) {
+  const __m256 s2 = _mm256_set1_ps(2.0f * s), z = _mm256_setzero_ps();
+  __m256d ds0 = _mm256_setzero_pd(), ds1 = ds0, db0 = ds0, db1 = ds0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 r = _mm256_max_ps(_mm256_loadu_ps(X + i), z), dy = _mm256_loadu_ps(DY + i);
+    if (DX) _mm256_storeu_ps(DX + i, _mm256_mul_ps(dy, _mm256_mul_ps(s2, r)));
+    if (sums) {
+      add_products_widened(ds0, ds1, dy, _mm256_mul_ps(r, r));
+      add_widened(db0, db1, dy);
     }
-  });
+  }
+  double ds = hsum_pd(_mm256_add_pd(ds0, ds1)), db = hsum_pd(_mm256_add_pd(db0, db1));
+  for (; i < n; ++i) {
+    float r = X[i] > 0.0f ? X[i] : 0.0f;
+    if (DX) DX[i] = DY[i] * (2.0f * s * r);
+    ds += static_cast<double>(DY[i]) * (r * r);
+    db += DY[i];
+  }
+  if (sums) {
+    acc[0] += ds;
+    acc[1] += db;
+  }
 }
 
 void starrelu_bwd(const OpArgs& a) {
@@ -47,18 +83,8 @@ void starrelu_bwd(const OpArgs& a) {
   float s = a.in[2].present() ? a.in[2].f()[0] : 1.0f;
   float* DX = a.out[0].present() ? a.out[0].f() : nullptr;
   bool want = a.out[1].present() || a.out[2].present();
-  auto part = reduce_parallel(a.in[1].numel(), 2, [&](int64_t i0, int64_t i1, double* acc) {
-    double ds = 0, db = 0;  // these sums cancel heavily: accumulate in double
-    for (int64_t i = i0; i < i1; ++i) {
-      float r = X[i] > 0.0f ? X[i] : 0.0f;
-      if (DX) DX[i] = DY[i] * (2.0f * s * r);
-      if (want) {
-        ds += static_cast<double>(DY[i]) * (r * r);
-        db += DY[i];
-      }
-    }
-    acc[0] += ds;
-    acc[1] += db;
+  auto part = reduce_parallel(a.in[1].numel(), 2, [=](int64_t i0, int64_t i1, double* acc) {
+    starrelu_bwd_span(DY + i0, X + i0, DX ? DX + i0 : nullptr, i1 - i0, s, want, acc);
   });
   if (a.out[1].present()) a.out[1].f()[0] += static_cast<float>(total(part, 2, 0));
   if (a.out[2].present()) a.out[2].f()[0] += static_cast<float>(total(part, 2, 1));

@@ -6,6 +6,7 @@
 //   forward:  y = (x - mean) * rstd * w[c] + b[c]
 //   backward: g = dy * w[c];  dx = rstd * (g - mean(g) - xhat * mean(g * xhat));
 //             dw[c] += sum dy * xhat;  db[c] += sum dy
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -54,6 +55,46 @@ void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, 
     if (w) v *= w[c];
     if (b) v += b[c];
     y[c] = v;
+  }
+}
+
+// One row of the backward's first pass: g = dy * w; sg += sum g, sgx += sum g * xhat (8 float lanes,
+// then across lanes); dw[c] += dy * xhat, db[c] += dy.
+void row_grad_sums(const float* x, const float* dy, const float* w, int64_t C, float mean, float rstd, float* dw, float* db,
+                   float& sg, float& sgx) {
+  const __m256 m = _mm256_set1_ps(mean), rs = _mm256_set1_ps(rstd);
+  __m256 vsg = _mm256_setzero_ps(), vsgx = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c < C; c += 8) {
+    __m256i mk = tail_mask(std::min<int64_t>(8, C - c));  // masked loads read zeros past the row
+    __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + c, mk), m), rs);
+    xhat = _mm256_and_ps(xhat, _mm256_castsi256_ps(mk));
+    __m256 d = _mm256_maskload_ps(dy + c, mk);
+    __m256 gg = w ? _mm256_mul_ps(d, _mm256_maskload_ps(w + c, mk)) : d;
+    vsg = _mm256_add_ps(vsg, gg);
+    vsgx = _mm256_add_ps(vsgx, _mm256_mul_ps(gg, xhat));
+    _mm256_maskstore_ps(dw + c, mk, _mm256_add_ps(_mm256_maskload_ps(dw + c, mk), _mm256_mul_ps(d, xhat)));
+    _mm256_maskstore_ps(db + c, mk, _mm256_add_ps(_mm256_maskload_ps(db + c, mk), d));
+  }
+  sg += hsum(vsg);
+  sgx += hsum(vsgx);
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) over one row.
+void row_input_grad(const float* x, const float* dy, const float* w, float* dx, int64_t C, float mean, float rstd, float a1,
+                    float a2) {
+  const __m256 m = _mm256_set1_ps(mean), rs = _mm256_set1_ps(rstd), va1 = _mm256_set1_ps(a1), va2 = _mm256_set1_ps(a2);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), m), rs);
+    __m256 gg = _mm256_loadu_ps(dy + c);
+    if (w) gg = _mm256_mul_ps(gg, _mm256_loadu_ps(w + c));
+    _mm256_storeu_ps(dx + c, _mm256_mul_ps(rs, _mm256_sub_ps(_mm256_sub_ps(gg, va1), _mm256_mul_ps(xhat, va2))));
+  }
+  for (; c < C; ++c) {
+    float xhat = (x[c] - mean) * rstd;
+    float gg = w ? dy[c] * w[c] : dy[c];
+    dx[c] = rstd * (gg - a1 - xhat * a2);
   }
 }
 
@@ -152,17 +193,8 @@ void layernorm_bwd(const OpArgs& a) {
     std::vector<float> fdw(static_cast<size_t>(C), 0.0f), fdb(static_cast<size_t>(C), 0.0f);
     for (int64_t k = k0; k < k1; ++k) {
       int64_t r = k / g.rows_per_group;
-      float mu = MEAN[r], rs = RSTD[r];
-      const float *xr = X + k * C, *dyr = DY + k * C;
       float sg = 0, sgx = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        float xhat = (xr[c] - mu) * rs, d = dyr[c];
-        float gg = W ? d * W[c] : d;
-        sg += gg;
-        sgx += gg * xhat;
-        fdw[static_cast<size_t>(c)] += d * xhat;
-        fdb[static_cast<size_t>(c)] += d;
-      }
+      row_grad_sums(X + k * C, DY + k * C, W, C, MEAN[r], RSTD[r], fdw.data(), fdb.data(), sg, sgx);
       psg[static_cast<size_t>(t * g.R + r)] += sg;
       psgx[static_cast<size_t>(t * g.R + r)] += sgx;
     }
@@ -185,14 +217,8 @@ void layernorm_bwd(const OpArgs& a) {
     parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         int64_t r = k / g.rows_per_group;
-        float mu = MEAN[r], rs = RSTD[r], a1 = msg[static_cast<size_t>(r)], a2 = msgx[static_cast<size_t>(r)];
-        const float *xr = X + k * C, *dyr = DY + k * C;
-        float* dxr = DX + k * C;
-        for (int64_t c = 0; c < C; ++c) {
-          float xhat = (xr[c] - mu) * rs;
-          float gg = W ? dyr[c] * W[c] : dyr[c];
-          dxr[c] = rs * (gg - a1 - xhat * a2);
-        }
+        row_input_grad(X + k * C, DY + k * C, W, DX + k * C, C, MEAN[r], RSTD[r], msg[static_cast<size_t>(r)],
+                       msgx[static_cast<size_t>(r)]);
       }
     });
   }
