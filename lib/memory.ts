@@ -9,6 +9,11 @@ export interface MemoryStats {
   peak: number;
   /** Freed blocks kept for reuse (returned to the OS by trimCache()). */
   cached: number;
+  /**
+   * Bytes reported to V8's garbage collector as external memory: tensors created outside any tidy()
+   * scope or escaping one (memory that tidy()/dispose() frees is not reported).
+   */
+  gcTracked: number;
   /** Tensors collected by the garbage collector without dispose(). */
   leakedTensors: number;
 }

@@ -13,6 +13,8 @@ export interface NativeTensorHandle {
   /** A second handle to the same memory with another shape (same element count). */
   share(shape: number[]): NativeTensorHandle;
   dispose(): void;
+  /** Reports this handle's bytes to V8 as external memory until it is released (see tensor_wrap.cpp). */
+  track(): void;
   readonly disposed: boolean;
   readonly address: bigint | null;
   /** Where the memory lives: 0 host, 1 CUDA device. */
@@ -63,7 +65,7 @@ export interface Addon {
   supports(backend: number, op: number, dir: number): boolean;
   setNumThreads(n: number): void;
   getNumThreads(): number;
-  memoryStats(): { live: number; peak: number; cached: number };
+  memoryStats(): { live: number; peak: number; cached: number; gcTracked: number };
   resetPeak(): void;
   trimCache(): void;
   buildInfo(): { cuda: boolean; openmp: number; procs: number };

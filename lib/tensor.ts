@@ -66,8 +66,9 @@ export function tidy<T>(fn: () => T): T {
     collectTensors(value, kept, 0);
     const parent = scopes[scopes.length - 1];
     for (const t of scope) {
-      if (kept.has(t)) parent?.add(t);
-      else t.dispose();
+      if (!kept.has(t)) t.dispose();
+      else if (parent) parent.add(t);
+      else t._h.track();  // escapes every scope: the garbage collector decides its lifetime now
     }
   };
   if (result instanceof Promise) {
@@ -88,6 +89,17 @@ export function tidy<T>(fn: () => T): T {
 
 /** Removes tensors from every open tidy scope, so they survive it. Returns its argument. */
 export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  t._h.track();
+  return t;
+}
+
+/**
+ * @internal keep() for tensors whose release the library itself guarantees (autograd's saved tensors
+ * and intermediate gradients, freed when backward() finishes or the graph is collected): their memory
+ * is not reported to V8, so it does not trigger garbage collections.
+ */
+export function keepUntracked<T extends Tensor>(t: T): T {
   for (const s of scopes) s.delete(t);
   return t;
 }
@@ -181,7 +193,11 @@ export class Tensor {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.device = device;
-    scopes[scopes.length - 1]?.add(this);
+    // Inside a tidy() scope the memory is freed when the scope ends; outside, V8 must know its size
+    // (external memory) to collect a forgotten tensor in time.
+    const scope = scopes[scopes.length - 1];
+    if (scope) scope.add(this);
+    else handle.track();
     leakRegistry.register(this, 0, this);
   }
 

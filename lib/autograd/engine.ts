@@ -5,7 +5,7 @@
  * (unless retainGraph).
  */
 import { runOp } from '../backend.js';
-import { expectation, keep, Tensor } from '../tensor.js';
+import { expectation, keep, keepUntracked, Tensor } from '../tensor.js';
 import { ACCUMULATED, GradContext, noGrad } from './node.js';
 
 export interface BackwardOptions {
@@ -94,7 +94,7 @@ export function backward(root: Tensor, gradient?: Tensor, opts: BackwardOptions 
             accumulate(prev, g);
             g.dispose();
           } else {
-            grads.set(input, keep(g));
+            grads.set(input, keepUntracked(g));
           }
         }
       });

@@ -7,7 +7,7 @@
  * leaf's .grad (GradContext.paramGrad), activation gradients are written into fresh tensors
  * (GradContext.actGrad) that the engine sums where the graph branches.
  */
-import { keep, Tensor } from '../tensor.js';
+import { keep, keepUntracked, Tensor } from '../tensor.js';
 
 let gradEnabled = true;
 
@@ -82,7 +82,7 @@ export abstract class Node {
   /** Keeps a handle on t for backward; it is disposed when the graph is released. */
   save(t: Tensor): Tensor {
     const s = t._share();
-    keep(s);
+    keepUntracked(s);
     this.saved.push(s);
     return s;
   }

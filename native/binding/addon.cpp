@@ -106,6 +106,7 @@ static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   o.Set("live", Napi::Number::New(env, static_cast<double>(live_bytes())));
   o.Set("peak", Napi::Number::New(env, static_cast<double>(peak_bytes())));
   o.Set("cached", Napi::Number::New(env, static_cast<double>(cached_bytes())));
+  o.Set("gcTracked", Napi::Number::New(env, static_cast<double>(tracked_external_bytes())));
   return o;
 }
 

@@ -3,6 +3,10 @@
 //   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only)
 //   t.share(shape[]) -> NativeTensor (same memory)   t.copyTo(other) (same byte size, any devices)
 //   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
+//   t.track(): reports this handle's bytes to V8's GC heuristics from now until it is released. Handles
+//   start untracked: JS tracks the ones whose lifetime the garbage collector decides (created outside
+//   any tidy() scope, or escaping one); memory that tidy()/dispose() frees is never reported, so a
+//   training step's short-lived activations do not push V8 into a major GC every step.
 #include "tensor_wrap.h"
 
 #include <atomic>
@@ -22,13 +26,18 @@ namespace {
 // (which may run at GC time) and ArrayBuffer deleters (which V8 may run on a background thread) only
 // record them, and the next JS call reports them: calling into V8 from either is not allowed.
 std::atomic<int64_t> g_pending_external{0};
+std::atomic<int64_t> g_tracked{0};  // bytes of all tracked handles (reported or pending)
 
 void account(Napi::Env env, int64_t delta) {
+  g_tracked.fetch_add(delta);
   int64_t d = g_pending_external.exchange(0) + delta;
   if (d != 0) Napi::MemoryManagement::AdjustExternalMemory(env, d);
 }
 
-void account_later(int64_t delta) { g_pending_external.fetch_add(delta); }
+void account_later(int64_t delta) {
+  g_tracked.fetch_add(delta);
+  g_pending_external.fetch_add(delta);
+}
 
 struct Adopt {  // passed as an External to the constructor to wrap an existing storage reference
   Storage* storage;
@@ -38,10 +47,12 @@ struct Adopt {  // passed as an External to the constructor to wrap an existing 
 };
 }  // namespace
 
+int64_t tracked_external_bytes() { return g_tracked.load(); }
+
 Napi::Function NativeTensor::Define(Napi::Env env) {
   return DefineClass(env, "NativeTensor",
                      {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Share>("share"),
-                      InstanceMethod<&NativeTensor::Dispose>("dispose"),
+                      InstanceMethod<&NativeTensor::Dispose>("dispose"), InstanceMethod<&NativeTensor::Track>("track"),
                       InstanceMethod<&NativeTensor::CopyTo>("copyTo"),
                       InstanceAccessor<&NativeTensor::Disposed>("disposed"),
                       InstanceAccessor<&NativeTensor::Address>("address"),
@@ -97,12 +108,11 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     return 0;
   });
 #endif
-  account(env, static_cast<int64_t>(bytes));
 }
 
 NativeTensor::~NativeTensor() {
   if (storage_) {
-    account_later(-static_cast<int64_t>(storage_->bytes));
+    if (tracked_) account_later(-static_cast<int64_t>(storage_->bytes));
     storage_release(storage_);
     storage_ = nullptr;
   }
@@ -110,7 +120,7 @@ NativeTensor::~NativeTensor() {
 
 void NativeTensor::release(Napi::Env env) {
   if (!storage_) return;
-  account(env, -static_cast<int64_t>(storage_->bytes));
+  if (tracked_) account(env, -static_cast<int64_t>(storage_->bytes));
   storage_release(storage_);
   storage_ = nullptr;
 }
@@ -118,7 +128,6 @@ void NativeTensor::release(Napi::Env env) {
 Napi::Object NativeTensor::make(Napi::Env env, Storage* s, DType dtype, const int64_t* shape, int ndim) {
   Adopt ad{s, dtype, ndim, shape};
   storage_retain(s);
-  account(env, static_cast<int64_t>(s->bytes));
   return addon_data(env).tensor_ctor.New({Napi::External<Adopt>::New(env, &ad)});
 }
 
@@ -172,6 +181,14 @@ Napi::Value NativeTensor::Share(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "reshape: expected a shape with " + std::to_string(v.numel()) +
                                          " elements for shape but received " + std::to_string(numel));
   return make(env, storage_, dtype_, shape, nd);
+}
+
+Napi::Value NativeTensor::Track(const Napi::CallbackInfo& info) {
+  if (storage_ && !tracked_) {
+    account(info.Env(), static_cast<int64_t>(storage_->bytes));
+    tracked_ = true;
+  }
+  return info.Env().Undefined();
 }
 
 Napi::Value NativeTensor::Dispose(const Napi::CallbackInfo& info) {

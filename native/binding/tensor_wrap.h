@@ -28,6 +28,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Share(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value Track(const Napi::CallbackInfo& info);
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value Address(const Napi::CallbackInfo& info);
   Napi::Value Device(const Napi::CallbackInfo& info);
@@ -35,9 +36,13 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   void release(Napi::Env env);
 
   Storage* storage_ = nullptr;
+  bool tracked_ = false;  // its bytes are reported to V8 (see track())
   DType dtype_ = DType::f32;
   int ndim_ = 0;
   int64_t shape_[kMaxDims] = {0};
 };
+
+// Bytes of the handles currently tracked (reported to V8 as external memory; see NativeTensor::Track).
+int64_t tracked_external_bytes();
 
 }  // namespace mf::binding
