@@ -486,14 +486,32 @@ export function randomErasing(buf: Float32Array, offset: number, c: number, h: n
 }
 
 /** ToTensor + Normalize into 3 channels of CHW float32 at `offset` (grey is replicated). */
+// The 256-entry table byte -> normalised float of each channel, per (mean, std) pair (a handful per process).
+const normLutCache = new Map<string, Float32Array[]>();
+
+function normLuts(mean: readonly number[], std: readonly number[]): Float32Array[] {
+  const key = `${mean.join(',')}|${std.join(',')}`;
+  let luts = normLutCache.get(key);
+  if (!luts) {
+    luts = [0, 1, 2].map((k) => {
+      const m = Math.fround(mean[k] ?? mean[0]!), s = Math.fround(std[k] ?? std[0]!);
+      const lut = new Float32Array(256);
+      for (let v = 0; v < 256; ++v) lut[v] = Math.fround(Math.fround(Math.fround(v / 255) - m) / s);
+      return lut;
+    });
+    if (normLutCache.size > 64) normLutCache.clear();
+    normLutCache.set(key, luts);
+  }
+  return luts;
+}
+
 export function normalizeInto(img: Image8, mean: readonly number[], std: readonly number[], out: Float32Array, offset: number): void {
   const plane = img.width * img.height;
   const c = img.channels;
+  const luts = normLuts(mean, std);
   for (let k = 0; k < 3; ++k) {
     const src = c === 1 ? 0 : k;
-    const m = Math.fround(mean[k] ?? mean[0]!), s = Math.fround(std[k] ?? std[0]!);
-    const lut = new Float32Array(256);
-    for (let v = 0; v < 256; ++v) lut[v] = Math.fround(Math.fround(Math.fround(v / 255) - m) / s);
+    const lut = luts[k]!;
     const base = offset + k * plane;
     for (let i = 0, p = src; i < plane; ++i, p += c) out[base + i] = lut[img.data[p]!]!;
   }

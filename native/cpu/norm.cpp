@@ -164,8 +164,23 @@ void layernorm_fwd(const OpArgs& a) {
   std::vector<float> mean_buf, rstd_buf;
   float* mean = a.out[1].present() ? a.out[1].f() : (mean_buf.resize(static_cast<size_t>(g.R)), mean_buf.data());
   float* rstd = a.out[2].present() ? a.out[2].f() : (rstd_buf.resize(static_cast<size_t>(g.R)), rstd_buf.data());
-  group_stats(g, X, a.attr[0], mean, rstd);
   const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
+  if (g.rows_per_group == 1) {  // LayerNorm over channels: statistics and normalisation in one pass per row
+    double eps = a.attr[0];
+    parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = X + r * g.C;
+        float mu = static_cast<float>(static_cast<double>(row_sum(xr, g.C)) / static_cast<double>(g.G));
+        double v = row_sqdev(xr, g.C, mu);
+        float rs = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
+        mean[r] = mu;
+        rstd[r] = rs;
+        row_normalize(xr, Y + r * g.C, g.C, mu, rs, W, B);
+      }
+    });
+    return;
+  }
+  group_stats(g, X, a.attr[0], mean, rstd);
   int64_t rows = g.R * g.rows_per_group;
   parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -185,9 +200,11 @@ void layernorm_bwd(const OpArgs& a) {
         *DB = a.out[2].present() ? a.out[2].f() : nullptr;
   int64_t rows = g.R * g.rows_per_group, C = g.C;
   int nt = num_threads();
-  // Per-thread partial sums: per channel (dw, db) and per group (sum g, sum g*xhat).
+  // Per-thread partial sums: per channel (dw, db) and per group (sum g, sum g*xhat). A group of one
+  // row (LayerNorm over channels) gets its input gradient in the same pass.
+  const bool one_row = g.rows_per_group == 1;
   std::vector<double> pdw(static_cast<size_t>(nt * C), 0.0), pdb(static_cast<size_t>(nt * C), 0.0);
-  std::vector<double> psg(static_cast<size_t>(nt * g.R), 0.0), psgx(static_cast<size_t>(nt * g.R), 0.0);
+  std::vector<double> psg(one_row ? 0 : static_cast<size_t>(nt * g.R), 0.0), psgx(one_row ? 0 : static_cast<size_t>(nt * g.R), 0.0);
   parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
     int t = omp_get_thread_num();
     std::vector<float> fdw(static_cast<size_t>(C), 0.0f), fdb(static_cast<size_t>(C), 0.0f);
@@ -195,6 +212,12 @@ void layernorm_bwd(const OpArgs& a) {
       int64_t r = k / g.rows_per_group;
       float sg = 0, sgx = 0;
       row_grad_sums(X + k * C, DY + k * C, W, C, MEAN[r], RSTD[r], fdw.data(), fdb.data(), sg, sgx);
+      if (one_row && DX) {  // the group is this row: its input gradient needs nothing else
+        float a1 = static_cast<float>(static_cast<double>(sg) / static_cast<double>(g.G));
+        float a2 = static_cast<float>(static_cast<double>(sgx) / static_cast<double>(g.G));
+        row_input_grad(X + k * C, DY + k * C, W, DX + k * C, C, MEAN[r], RSTD[r], a1, a2);
+        continue;
+      }
       psg[static_cast<size_t>(t * g.R + r)] += sg;
       psgx[static_cast<size_t>(t * g.R + r)] += sgx;
     }
@@ -203,7 +226,7 @@ void layernorm_bwd(const OpArgs& a) {
       pdb[static_cast<size_t>(t * C + c)] += fdb[static_cast<size_t>(c)];
     }
   });
-  if (DX) {
+  if (DX && !one_row) {
     std::vector<float> msg(static_cast<size_t>(g.R)), msgx(static_cast<size_t>(g.R));
     for (int64_t r = 0; r < g.R; ++r) {
       double sg = 0, sgx = 0;
