@@ -8,7 +8,7 @@
 //                                                        fit in the 15-minute budget; writes nothing
 //   node scripts/train-fashion-mnist.mjs --epochs auto   a 30 s trial first, then as many epochs as fit the budget
 //   options: --epochs N|auto (default 10) --batch-size N --lr X --workers N --out DIR --resume CKPT --model PRESET
-//            --smoothing X (default 0.1) --drop-path X (default 0.05)
+//            --smoothing X (default 0.1) --drop-path X (default 0.05) --crop-padding N (default 2; 0: flips only)
 //            --seed N --budget-minutes M (default 15) --ship FILE (copy the best weights there)
 //            --train-limit N --eval-limit N (a fixed random subset; smoke tests of the script only)
 //
@@ -55,6 +55,7 @@ const { values } = parseArgs({
     'eval-limit': { type: 'string' },
     smoothing: { type: 'string' },
     'drop-path': { type: 'string' },
+    'crop-padding': { type: 'string' },
   },
 });
 
@@ -89,6 +90,7 @@ const recipe = {
   warmupEpochs: 1,
   dropPath: num('drop-path', 0.05),
   smoothing: num('smoothing', 0.1),
+  cropPadding: num('crop-padding', 2),
   mixup: 0,
   cutmix: 0,
   reprob: 0,

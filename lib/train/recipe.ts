@@ -71,6 +71,8 @@ export interface DataOptions {
   randAugment?: string | null;
   reprob?: number;
   cropPct?: number;
+  /** Fashion-MNIST: padding of the random crop in pixels at 28x28 (default 2; 0 = no random crop). */
+  cropPadding?: number;
   /** Use this many training / evaluation samples (a fixed random subset; for trials). */
   trainLimit?: number;
   evalLimit?: number;
@@ -84,6 +86,12 @@ function limit(ds: Dataset, n: number | undefined, seed: number): Dataset {
 }
 
 /** The datasets and transforms of `data` ('fashion-mnist' or a folder). */
+// The random crop of Fashion-MNIST: `padding` pixels at 28x28, scaled with the input size; 0 = none.
+function fashionMnistCrop(size: number, padding = 2): Pick<TrainTransformSpec, 'crop' | 'padding'> {
+  if (!(Number.isInteger(padding) && padding >= 0)) throw new RangeError(expectation('a non-negative integer', 'cropPadding', padding));
+  return padding === 0 ? { crop: 'none' } : { crop: 'pad', padding: Math.max(1, Math.round((padding * size) / 28)) };
+}
+
 export function setupData(data: string, opts: DataOptions): DataSetup {
   if (typeof data !== 'string' || data.length === 0) throw new TypeError(expectation("'fashion-mnist' or a folder", 'data', data));
   const size = opts.imageSize;
@@ -93,7 +101,7 @@ export function setupData(data: string, opts: DataOptions): DataSetup {
     const norm = { mean: [FASHION_MNIST_MEAN], std: [FASHION_MNIST_STD] };
     return {
       name: 'fashion-mnist', train: limit(train, opts.trainLimit, 1), eval: limit(test, opts.evalLimit, 2), classes: train.classes,
-      trainSpec: { kind: 'train', size: [size, size], crop: 'pad', padding: Math.max(1, Math.round((2 * size) / 28)), hflip: 0.5,
+      trainSpec: { kind: 'train', size: [size, size], ...fashionMnistCrop(size, opts.cropPadding), hflip: 0.5,
         randAugment: opts.randAugment ?? null, reprob: opts.reprob ?? 0, remode: 'pixel', interpolation: 'bilinear', ...norm },
       evalSpec: { kind: 'eval', size: [size, size], cropPct: 1, interpolation: 'bilinear', ...norm },
     };
@@ -144,6 +152,8 @@ export interface TrainRunOptions {
   imageSize?: number;
   randAugment?: string | null;
   reprob?: number;
+  /** Fashion-MNIST: padding of the random crop in pixels at 28x28 (default 2; 0 = flips only). */
+  cropPadding?: number;
   /** Registry weights (true) or a checkpoint to fine-tune from. */
   pretrained?: boolean | string;
   freezeStages?: number;
@@ -215,7 +225,8 @@ export async function prepareRun(opts: TrainRunOptions): Promise<{ trainer: Trai
   manualSeed(seed);
   const imageSize = defaultImageSize(opts);
   const data = setupData(opts.data, {
-    imageSize, val: opts.val, randAugment: opts.randAugment, reprob: opts.reprob, trainLimit: opts.trainLimit, evalLimit: opts.evalLimit,
+    imageSize, val: opts.val, randAugment: opts.randAugment, reprob: opts.reprob, cropPadding: opts.cropPadding,
+    trainLimit: opts.trainLimit, evalLimit: opts.evalLimit,
   });
   const numClasses = data.classes.length;
   // the data's normalisation goes into the model config, so classify / eval preprocess as training did

@@ -70,10 +70,11 @@ function cases(): Case[] {
     out.push({ name: `fused_linear M${M} K${K} N${N} act${act} acc${acc}`, op: 'fused_linear', dir: 0,
       ins: [x, w, b, act === 1 ? s : null, act === 1 ? sb : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });
   }
-  // conv2d: the stem (NCHW in), downsampling (channels-last in), and odd sizes.
+  // conv2d: the stem (NCHW in), downsampling (channels-last in; tap-major columns when pixels > Co), odd sizes.
   for (const [B, Ci, H, W, Co, k, s, p, nchw] of [
     [2, 3, 29, 23, 12, 7, 4, 2, 1], [1, 3, 17, 9, 5, 7, 4, 2, 1], [2, 12, 7, 5, 20, 3, 2, 1, 0],
-    [1, 5, 9, 11, 3, 3, 1, 1, 0], [3, 17, 1, 1, 9, 3, 2, 1, 0], [1, 1, 4, 4, 1, 3, 2, 1, 0]] as const) {
+    [1, 5, 9, 11, 3, 3, 1, 1, 0], [3, 17, 1, 1, 9, 3, 2, 1, 0], [1, 1, 4, 4, 1, 3, 2, 1, 0],
+    [2, 64, 128, 128, 3, 3, 1, 1, 0]] as const) {  // the last: several im2col chunks
     const x = nchw ? rnd([B, Ci, H, W]) : rnd([B, H, W, Ci]), w = rnd([Co, Ci, k, k]), b = rnd([Co]);
     const Ho = Math.floor((H + 2 * p - k) / s) + 1, Wo = Math.floor((W + 2 * p - k) / s) + 1;
     both(`conv2d ${nchw ? 'nchw' : 'nhwc'} [${B},${Ci},${H},${W}] k${k} s${s} -> ${Co}`, 'conv2d',
