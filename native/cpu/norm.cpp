@@ -212,7 +212,8 @@ void layernorm_bwd(const OpArgs& a) {
       int64_t r = k / g.rows_per_group;
       float sg = 0, sgx = 0;
       row_grad_sums(X + k * C, DY + k * C, W, C, MEAN[r], RSTD[r], fdw.data(), fdb.data(), sg, sgx);
-      if (one_row && DX) {  // the group is this row: its input gradient needs nothing else
+      if (one_row) {  // the group is this row: its input gradient needs nothing else
+        if (!DX) continue;
         float a1 = static_cast<float>(static_cast<double>(sg) / static_cast<double>(g.G));
         float a2 = static_cast<float>(static_cast<double>(sgx) / static_cast<double>(g.G));
         row_input_grad(X + k * C, DY + k * C, W, DX + k * C, C, MEAN[r], RSTD[r], a1, a2);

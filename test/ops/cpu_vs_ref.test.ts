@@ -164,6 +164,13 @@ function cases(): Case[] {
   }
   out.push({ name: 'normal 1031 truncated', op: 'normal', dir: 0, ins: [], outs: [nanOut([1031])], attrs: [0.5, 2, 99, 1.5] });
   out.push({ name: 'permute [2,3,5,7] -> [0,2,3,1]', op: 'permute', dir: 0, ins: [rnd([2, 3, 5, 7])], outs: [nanOut([2, 5, 7, 3])], attrs: [0, 2, 3, 1] });
+  // Partial gradient requests (frozen weights, inputs without grad): every backward case with several
+  // outputs again with only one of them requested, so no kernel touches an output it was not given.
+  for (const c of out.filter((k) => k.dir === 1 && k.outs.filter((o) => o).length > 1)) {
+    c.outs.forEach((o, i) => {
+      if (o) out.push({ ...c, name: `${c.name} only output ${i}`, outs: c.outs.map((q, j) => (j === i ? q : null)) });
+    });
+  }
   return out;
 }
 
