@@ -113,6 +113,18 @@ void scale_add_fwd(const OpArgs& a) {
   });
 }
 
+// acc[c] += (double) a[c] * b[c] for c < n (the products are exact in double).
+void accumulate_products(double* acc, const float* a, const float* b, int64_t n) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    __m256d lo = _mm256_loadu_pd(acc + c), hi = _mm256_loadu_pd(acc + c + 4);
+    add_products_widened(lo, hi, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+    _mm256_storeu_pd(acc + c, lo);
+    _mm256_storeu_pd(acc + c + 4, hi);
+  }
+  for (; c < n; ++c) acc[c] += static_cast<double>(a[c]) * b[c];
+}
+
 void scale_add_bwd(const OpArgs& a) {
   const TensorView& x = a.in[1];
   int64_t C = x.dim(-1), rows = x.rows();
@@ -133,8 +145,7 @@ void scale_add_bwd(const OpArgs& a) {
           std::memcpy(dx, dy, sizeof(float) * static_cast<size_t>(C));
       }
       if (DR) std::memcpy(DR + r * C, dy, sizeof(float) * static_cast<size_t>(C));
-      if (ds)
-        for (int64_t c = 0; c < C; ++c) ds[c] += static_cast<double>(dy[c]) * xr[c];
+      if (ds) accumulate_products(ds, dy, xr, C);
     }
   });
   if (DS)
@@ -179,27 +190,47 @@ void mean_hw_bwd(const OpArgs& a) {
 
 inline int64_t taps(int64_t i, int64_t n) { return (i > 0) + 1 + (i + 1 < n); }
 
-// out = avg3x3(in) - in  (forward), or  out = sum_q in[q] / count(q) - in  (backward, scale_by_source)
+// out = avg3x3(in) - in  (forward), or  out = sum_q in[q] / count(q) - in  (backward, scale_by_source),
+// with count = the taps inside the map (count_include_pad=False). Separable: per output row, the (scaled)
+// sum of the three input rows, then three neighbours of that row sum per pixel: 6 adds per element
+// instead of 9 multiply-adds, contiguous over W * C.
+void pool_rows(const float* IN, float* OUT, int64_t H, int64_t W, int64_t C, int64_t b, int64_t h, bool scale_by_source,
+               float* vsum) {
+  std::fill(vsum, vsum + W * C, 0.0f);
+  for (int64_t i = std::max<int64_t>(h - 1, 0); i <= std::min(h + 1, H - 1); ++i) {
+    const float* src = IN + (b * H + i) * W * C;
+    for (int64_t w = 0; w < W; ++w) {
+      float k = scale_by_source ? 1.0f / static_cast<float>(taps(i, H) * taps(w, W)) : 1.0f;
+      float* v = vsum + w * C;
+      const float* x = src + w * C;
+      for (int64_t c = 0; c < C; ++c) v[c] += x[c] * k;
+    }
+  }
+  const float* self = IN + (b * H + h) * W * C;
+  float* dst = OUT + (b * H + h) * W * C;
+  for (int64_t w = 0; w < W; ++w) {
+    float k = scale_by_source ? 1.0f : 1.0f / static_cast<float>(taps(h, H) * taps(w, W));
+    const float* v = vsum + w * C;
+    const float* vl = w > 0 ? v - C : nullptr;
+    const float* vr = w + 1 < W ? v + C : nullptr;
+    const float* x = self + w * C;
+    float* y = dst + w * C;
+    if (vl && vr)
+      for (int64_t c = 0; c < C; ++c) y[c] = (vl[c] + v[c] + vr[c]) * k - x[c];
+    else if (vl)
+      for (int64_t c = 0; c < C; ++c) y[c] = (vl[c] + v[c]) * k - x[c];
+    else if (vr)
+      for (int64_t c = 0; c < C; ++c) y[c] = (v[c] + vr[c]) * k - x[c];
+    else
+      for (int64_t c = 0; c < C; ++c) y[c] = v[c] * k - x[c];
+  }
+}
+
 void pool_apply(const TensorView& t, const float* IN, float* OUT, bool scale_by_source) {
   int64_t B = t.shape[0], H = t.shape[1], W = t.shape[2], C = t.shape[3];
-  parallel_for(B * H, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<float> acc(static_cast<size_t>(C));
-    for (int64_t r = r0; r < r1; ++r) {
-      int64_t b = r / H, h = r % H;
-      for (int64_t w = 0; w < W; ++w) {
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t i = std::max<int64_t>(h - 1, 0); i <= std::min(h + 1, H - 1); ++i)
-          for (int64_t j = std::max<int64_t>(w - 1, 0); j <= std::min(w + 1, W - 1); ++j) {
-            const float* src = IN + ((b * H + i) * W + j) * C;
-            float k = scale_by_source ? 1.0f / static_cast<float>(taps(i, H) * taps(j, W)) : 1.0f;
-            for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += src[c] * k;
-          }
-        float k = scale_by_source ? 1.0f : 1.0f / static_cast<float>(taps(h, H) * taps(w, W));
-        const float* self = IN + ((b * H + h) * W + w) * C;
-        float* dst = OUT + ((b * H + h) * W + w) * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] = acc[static_cast<size_t>(c)] * k - self[c];
-      }
-    }
+  parallel_for(B * H, 1, [=](int64_t r0, int64_t r1) {
+    std::vector<float> vsum(static_cast<size_t>(W * C));
+    for (int64_t r = r0; r < r1; ++r) pool_rows(IN, OUT, H, W, C, r / H, r % H, scale_by_source, vsum.data());
   });
 }
 
