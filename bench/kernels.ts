@@ -107,11 +107,17 @@ function timeCase(c: KernelCase, iters: number): number {
   return t;
 }
 
-/** oneDNN's large-square rate, GFLOP/s. */
+/**
+ * oneDNN's large-square rate, GFLOP/s: the best of three medians (a ceiling; one median taken while
+ * the shared machine was busy once put every GEMM row above 100%).
+ */
 function gemmCeiling(iters: number): number {
   const n = 1024;
-  const t = timeCase({ name: 'ceiling', op: 'linear', dir: 0, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters);
-  return (2 * n ** 3) / t / 1e9;
+  let best = Infinity;
+  for (let r = 0; r < 3; ++r) {
+    best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
+  }
+  return (2 * n ** 3) / best / 1e9;
 }
 
 /** Streaming bandwidth (GB/s) for a working set of `bytes`: axpy reads two arrays and writes one. */
