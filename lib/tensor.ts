@@ -410,6 +410,26 @@ export class Tensor {
     return out;
   }
 
+  /**
+   * @internal Moves this tensor's memory to `device` in place (the object, its autograd flags and every
+   * reference to it stay valid): a copy, then the old memory is released. Used by Module.to().
+   */
+  _moveTo(device: Device): void {
+    if (device === this.device) return;
+    const src = this._live('to', 'this');
+    const h = new addon.NativeTensor(DTYPE_CODE[this.dtype], [...this.shape], false, DEVICE_ID[device]);
+    try {
+      src.copyTo(h);
+    } catch (e) {
+      h.dispose();
+      throw e;
+    }
+    h.track();
+    src.dispose();
+    this._h = h;
+    (this as { device: Device }).device = device;
+  }
+
   /** A copy with its own memory, on the same device (not connected to autograd). */
   clone(): Tensor {
     const out = Tensor.empty(this.shape, this.dtype, this.device);

@@ -63,12 +63,12 @@ export function backward(root: Tensor, gradient?: Tensor, opts: BackwardOptions 
   }
   noGrad(() => {
     if (root._node === null) {  // a leaf: its gradient is the seed itself
-      toLeaf(root, gradient ? gradient.clone() : Tensor.ones(root.shape, root.dtype));
+      toLeaf(root, gradient ? gradient.clone() : Tensor.ones(root.shape, root.dtype, root.device));
       return;
     }
     const order = topoOrder(root);
     const grads = new Map<Tensor, Tensor>();
-    grads.set(root, gradient ? gradient.clone() : Tensor.ones(root.shape, root.dtype));
+    grads.set(root, gradient ? gradient.clone() : Tensor.ones(root.shape, root.dtype, root.device));
     for (let k = order.length - 1; k >= 0; --k) {
       const t = order[k]!;
       const node = t._node!;

@@ -51,17 +51,17 @@ export class GradContext {
     const t = this.node.inputs[i];
     if (!t || !t.requiresGrad) return null;
     if (t._node === null) {
-      if (t.grad === null || t.grad.disposed) t.grad = keep(Tensor.zeros(t.shape, t.dtype));
+      if (t.grad === null || t.grad.disposed) t.grad = keep(Tensor.zeros(t.shape, t.dtype, t.device));
       return t.grad;
     }
-    return Tensor.zeros(t.shape, t.dtype);
+    return Tensor.zeros(t.shape, t.dtype, t.device);
   }
 
   /** A fresh tensor a kernel writes (=) input i's gradient into, or null if none is needed. */
   actGrad(i: number): Tensor | null {
     const t = this.node.inputs[i];
     if (!t || !t.requiresGrad) return null;
-    return Tensor.empty(t.shape, t.dtype);
+    return Tensor.empty(t.shape, t.dtype, t.device);
   }
 
   /** What backward() returns for input i after filling the tensor from paramGrad(i). */

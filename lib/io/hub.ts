@@ -489,6 +489,7 @@ export async function createPretrained(nameOrConfig: string | CustomModelConfig 
   try {
     await loadWeights(model, local, { strict: opts.strict ?? true });
     if (opts.numClasses !== undefined && opts.numClasses !== model.numClasses) model.resetClassifier(opts.numClasses, opts.headDropout ?? 0);
+    if (opts.device !== undefined && opts.device !== 'cpu') model.to(opts.device);  // after loading: host reads, one copy
   } catch (e) {
     model.dispose();
     throw e;

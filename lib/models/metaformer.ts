@@ -10,7 +10,8 @@ import * as L from '../nn/layers.js';
 import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { compilePlan, type CompiledPlan } from '../plan.js';
-import { expectation, Tensor } from '../tensor.js';
+import { type DeviceOption } from '../device.js';
+import { expectation, Tensor, tidy } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
 /** A custom configuration: the family supplies mixers, norms and head. */
@@ -33,6 +34,11 @@ export interface ModelOptions {
   dropPathRate?: number;
   /** Dropout before the last head layer (training only). */
   headDropout?: number;
+  /**
+   * Where the parameters live: 'cpu' (default), 'cuda' (throws, saying why, without a usable GPU) or
+   * 'auto' ('cuda' when available, else 'cpu' with a one-line notice). Same as calling model.to(device).
+   */
+  device?: DeviceOption;
 }
 
 export interface FeatureOutput {
@@ -155,6 +161,13 @@ export class MetaFormer extends Module {
     this.stages = this.child('stages', new Sequential(stages));
     this.norm = this.child('norm', new L.LayerNorm(c.dims[3]!, 1e-6, true));
     this.head = this.child('head', this.makeHead(c.numClasses, headDropout));
+    if (opts.device !== undefined && opts.device !== 'cpu') this.to(opts.device);
+  }
+
+  /** Moves the model to a device (see Module.to); compiled plans are dropped. */
+  override to(device: DeviceOption): this {
+    this.clearPlans();
+    return super.to(device);
   }
 
   private makeHead(numClasses: number, headDropout: number): Module {
@@ -171,7 +184,9 @@ export class MetaFormer extends Module {
   }
 
   override replaceChild(name: string, m: Module): void {
+    const device = this.device;
     super.replaceChild(name, m);
+    if (m.device !== device) m.to(device);  // a new head joins the model's device
     this.clearPlans();
   }
 
@@ -243,16 +258,33 @@ export class MetaFormer extends Module {
     return p;
   }
 
-  /** Logits [B, numClasses], computed off the main thread (inference mode, no autograd). */
+  /**
+   * Logits [B, numClasses] (inference mode, no autograd). On the CPU a compiled plan runs off the main
+   * thread. On a GPU the ops are queued on the device in eval mode (the input is copied there if
+   * needed) and the logits stay on the device.
+   */
   async predict(x: Tensor): Promise<Tensor> {
     this.checkInput(x, 'predict');
+    if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
     const [logits] = await this.plan(x.shape).run(x);
     return logits!;
   }
 
   predictSync(x: Tensor): Tensor {
     this.checkInput(x, 'predict');
+    if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
     return noGrad(() => this.plan(x.shape).runSync(x)[0]!);
+  }
+
+  /** Runs fn on x (moved to the model's device) in eval mode without autograd; plans are host-only. */
+  private eagerInference(x: Tensor, fn: (x: Tensor) => Tensor[]): Tensor[] {
+    const wasTraining = this.training;
+    this.eval();
+    try {
+      return noGrad(() => tidy(() => fn(x.device === this.device ? x : x.to(this.device))));
+    } finally {
+      this.train(wasTraining);
+    }
   }
 
   /**
@@ -261,7 +293,12 @@ export class MetaFormer extends Module {
    */
   async features(x: Tensor, opts: { stages?: boolean } = {}): Promise<FeatureOutput> {
     this.checkInput(x, 'features');
-    const [features, ...stages] = await this.plan(x.shape, 'features').run(x);
+    const [features, ...stages] = this.device !== 'cpu'
+      ? this.eagerInference(x, (t) => {
+        const maps = this.runStages(t);
+        return [this.norm.forward(meanHW(maps[3]!)), ...maps];
+      })
+      : await this.plan(x.shape, 'features').run(x);
     if (opts.stages) return { features: features!, stages };
     for (const s of stages) s.dispose();
     return { features: features! };

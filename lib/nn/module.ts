@@ -2,8 +2,9 @@
  * Module and Parameter: the PyTorch-like container. Parameters are registered under the official
  * state_dict names, so namedParameters() / stateDict() speak the names of the official checkpoints.
  */
-import { expectation, keep, Tensor } from '../tensor.js';
+import { type Device, expectation, keep, Tensor } from '../tensor.js';
 import { runOp } from '../backend.js';
+import { type DeviceOption, resolveDevice } from '../device.js';
 
 export class Parameter extends Tensor {
   /** Wraps a tensor's memory as a parameter (the tensor itself is disposed). */
@@ -106,9 +107,38 @@ export abstract class Module {
     if (problems.length) throw new Error(`loadStateDict: the state dict does not fit the model:\n${problems.join('\n')}`);
     for (const [k, t] of sd) {
       const p = own.get(k);
-      if (p) runOp('cast', 0, [k], [t], [p]);
+      if (!p) continue;
+      if (p.device === t.device) {
+        runOp('cast', 0, [k], [t], [p]);
+      } else {  // a host checkpoint into a model on the GPU (or back): convert where t is, then copy
+        const c = t.dtype === p.dtype ? t : t.to(p.dtype);
+        try {
+          c._live('loadStateDict', k).copyTo(p._live('loadStateDict', k));
+        } finally {
+          if (c !== t) c.dispose();
+        }
+      }
     }
     return { missing, unexpected };
+  }
+
+  /** Where the parameters live ('cpu' for a module without parameters). */
+  get device(): Device {
+    return this.parameters()[0]?.device ?? 'cpu';
+  }
+
+  /**
+   * Moves every parameter (and its gradient) to a device, in place: optimizers and other references to
+   * the parameters stay valid. 'auto' picks 'cuda' when available, else 'cpu' with a one-line notice;
+   * 'cuda' without a usable GPU throws an Error saying why.
+   */
+  to(device: DeviceOption): this {
+    const target = resolveDevice(device);
+    for (const p of this.parameters()) {
+      p._moveTo(target);
+      if (p.grad && !p.grad.disposed) p.grad._moveTo(target);
+    }
+    return this;
   }
 
   train(mode = true): this {

@@ -90,18 +90,26 @@ function checkUnit(v: unknown, name: string): number {
 /** The global L2 norm of the gradients of `params` (times gradScale), by the native sumsq op per gradient. */
 export function gradNorm(params: Iterable<Tensor>, gradScale = 1): number {
   const s = Tensor.empty([1], 'float64');
+  let dev: Tensor | null = null;  // the sum's slot on the GPU, for gradients there
   try {
     const acc = s.view<'float64'>();
     let total = 0;
     for (const p of params) {
       const g = p.grad;
       if (!g || g.disposed) continue;
-      runOp('sumsq', 0, ['grad'], [g], [s]);
-      total += acc[0]!;
+      if (g.device === 'cpu') {
+        runOp('sumsq', 0, ['grad'], [g], [s]);
+        total += acc[0]!;
+      } else {
+        dev ??= Tensor.empty([1], 'float64', g.device);
+        runOp('sumsq', 0, ['grad'], [g], [dev]);
+        total += dev.toFloat64Array()[0]!;
+      }
     }
     return Math.sqrt(total) * Math.abs(gradScale);
   } finally {
     s.dispose();
+    dev?.dispose();
   }
 }
 
@@ -223,7 +231,7 @@ export abstract class Optimizer {
     const fresh = !t;
     if (!t) {
       t = [];
-      for (let i = 0; i < count; ++i) t.push(keep(Tensor.zeros(p.shape, p.dtype)));  // state outlives any tidy() around step()
+      for (let i = 0; i < count; ++i) t.push(keep(Tensor.zeros(p.shape, p.dtype, p.device)));  // state outlives any tidy() around step()
       this.slots.set(name, t);
     }
     return { tensors: t, step: this.steps.get(name) ?? 0, fresh };
@@ -268,7 +276,7 @@ export abstract class Optimizer {
         }
         let list = fresh.get(pname);
         if (!list) {
-          list = names.map(() => keep(Tensor.zeros(p.shape, p.dtype)));
+          list = names.map(() => keep(Tensor.zeros(p.shape, p.dtype, p.device)));
           fresh.set(pname, list);
         }
         runOp('cast', 0, [key], [t], [list[slot]!]);

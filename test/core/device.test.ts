@@ -9,6 +9,11 @@ import { addon, BACKEND_ID, OP } from '../../lib/native.js';
 import { cudaAvailable, cudaInfo, resolveDevice } from '../../lib/device.js';
 import { Tensor } from '../../lib/tensor.js';
 import { runOp } from '../../lib/backend.js';
+import { createModel } from '../../lib/models/index.js';
+import { crossEntropy } from '../../lib/ops.js';
+import { manualSeed } from '../../lib/random.js';
+import { tidy } from '../../lib/tensor.js';
+import { createOptimizer } from '../../lib/train/optim.js';
 
 const gpu = cudaAvailable();
 
@@ -105,5 +110,61 @@ describe('tensors on devices', () => {
     const o = Tensor.ones([4], 'int32', 'cuda');
     expect(Array.from(o.to('cpu').view())).toEqual([1, 1, 1, 1]);
     for (const t of [x, d, h, ref, yc, yd, z, o]) t.dispose();
+  });
+});
+
+describe('models on devices', () => {
+  const tiny = { family: 'caformer' as const, depths: [1, 1, 1, 1], dims: [8, 16, 32, 32], numClasses: 5, imageSize: 32 };
+
+  it("creates models on 'cpu' and 'auto' (the CPU here), and reports where they live", () => {
+    const a = createModel(tiny, { device: 'cpu' });
+    expect(a.device).toBe('cpu');
+    expect(a.to('cpu')).toBe(a);
+    const b = createModel(tiny, { device: gpu ? 'cpu' : 'auto' });
+    expect(b.device).toBe('cpu');
+    a.dispose();
+    b.dispose();
+  });
+
+  it.skipIf(gpu)("refuses 'cuda' without a usable GPU, with the reason, and leaves a model where it was", () => {
+    expect(() => createModel(tiny, { device: 'cuda' })).toThrow(/device 'cuda' is unavailable/);
+    const m = createModel(tiny);
+    expect(() => m.to('cuda')).toThrow(/device 'cuda' is unavailable/);
+    expect(m.device).toBe('cpu');
+    expect(m.parameters().every((p) => p.device === 'cpu' && !p.disposed)).toBe(true);
+    m.dispose();
+  });
+
+  it.runIf(gpu)('predicts and trains on the GPU like on the CPU', async () => {
+    manualSeed(5);
+    const cpu = createModel(tiny);
+    const cuda = createModel(tiny);
+    cuda.loadStateDict(cpu.stateDict());
+    cuda.to('cuda');
+    expect(cuda.parameters().every((p) => p.device === 'cuda')).toBe(true);
+    const x = Tensor.from(Float32Array.from({ length: 2 * 3 * 32 * 32 }, (_, i) => Math.sin(i * 0.37)), [2, 3, 32, 32]);
+    const close = (a: Float32Array, b: Float32Array, tol: number) => {
+      let num = 0, den = 0;
+      for (let i = 0; i < a.length; ++i) {
+        num += (a[i]! - b[i]!) ** 2;
+        den += b[i]! ** 2;
+      }
+      expect(Math.sqrt(num / Math.max(den, 1e-30))).toBeLessThanOrEqual(tol);
+    };
+    const [pc, pg] = [await cpu.predict(x), await cuda.predict(x)];
+    expect(pg.device).toBe('cuda');
+    close(pg.toFloat32Array(), pc.toFloat32Array(), 1e-5);
+    // one AdamW step on each; the updated weights agree
+    for (const m of [cpu, cuda]) {
+      const opt = createOptimizer('adamw', m, { lr: 1e-3 });
+      tidy(() => crossEntropy(m.forward(x.device === m.device ? x : x.to(m.device)), [1, 3], { labelSmoothing: 0.1 }).backward());
+      opt.step();
+      opt.dispose();
+    }
+    const sc = cpu.stateDict(), sg = cuda.stateDict();
+    for (const [k, t] of sc) close(sg.get(k)!.toFloat32Array(), t.toFloat32Array(), 1e-5);
+    for (const t of [x, pc, pg]) t.dispose();
+    cpu.dispose();
+    cuda.dispose();
   });
 });

@@ -41,8 +41,8 @@ export function attentionCore(qkv: Tensor, opts: AttentionOptions = {}): Tensor 
   const [b, n] = qkv.shape as [number, number, number];
   const a = c3 / 3, heads = a / headDim;
   const attrs = [headDim, scale];
-  const o = Tensor.empty([b, n, a], qkv.dtype);
-  const lse = Tensor.empty([b, heads, n], qkv.dtype);
+  const o = Tensor.empty([b, n, a], qkv.dtype, qkv.device);
+  const lse = Tensor.empty([b, heads, n], qkv.dtype, qkv.device);
   runOp(op, 0, ['qkv'], [qkv], [o, lse], attrs);
   let recorded = false;
   record(o, [qkv], () => {

@@ -50,7 +50,7 @@ export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, op
   if (ho < 1 || wo < 1) {
     throw new RangeError(`${op}: ${expectation(`an input of at least ${kh}x${kw} after padding`, 'x', x)}`);
   }
-  const y = Tensor.empty([x.shape[0]!, ho, wo, co], x.dtype);
+  const y = Tensor.empty([x.shape[0]!, ho, wo, co], x.dtype, x.device);
   const attrs = [stride, padding, nchw ? 1 : 0];
   runOp(op, 0, ['x', 'weight', 'bias'], [x, weight, bias], [y], attrs);
   return record(y, [x, weight, bias], () => new Conv2dNode(x, weight, attrs));

@@ -29,7 +29,7 @@ export function dwconv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null):
     throw new RangeError(`${op}: ${expectation('an odd kernel size', 'weight', weight)}`);
   }
   optTensor(op, 'bias', bias, { shape: [c] });
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x', 'weight', 'bias'], [x, weight, bias], [y]);
   return record(y, [x, weight, bias], () => new DwConvNode(x, weight));
 }

@@ -33,7 +33,7 @@ export function scaleAdd(x: Tensor, scale: Tensor | null, residual: Tensor | nul
   expectTensor(op, 'x', x, { minRank: 1 });
   optTensor(op, 'scale', scale, { shape: [x.shape[x.ndim - 1]!] });
   if (optTensor(op, 'residual', residual)) sameShape(op, 'residual', residual!, x);
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x', 'scale', 'residual'], [x, scale, residual], [y]);
   return record(y, [x, scale, residual], () => new ScaleAddNode(x, scale));
 }
@@ -56,7 +56,7 @@ class MeanHWNode extends Node {
 export function meanHW(x: Tensor): Tensor {
   const op = 'mean_hw';
   expectTensor(op, 'x', x, { minRank: 3 });
-  const y = Tensor.empty([x.shape[0]!, x.shape[x.ndim - 1]!], x.dtype);
+  const y = Tensor.empty([x.shape[0]!, x.shape[x.ndim - 1]!], x.dtype, x.device);
   runOp(op, 0, ['x'], [x], [y]);
   return record(y, [x], () => new MeanHWNode(x.shape));
 }
@@ -82,7 +82,7 @@ export function dropoutGroups(x: Tensor, p: number, group: number, seed?: number
   expectNumber(op, 'p', p, 0, 0.999999);
   if (p === 0) return x;
   const attrs = [p, group, seed ?? nextSeed(), 0];
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x'], [x], [y], attrs);
   return record(y, [x], () => new DropoutNode(attrs));
 }
@@ -141,7 +141,7 @@ export function permute(x: Tensor, perm: readonly number[]): Tensor {
   if (!(x instanceof Tensor)) throw new TypeError(`${op}: ${expectation('a Tensor', 'x', x)}`);
   const ok = perm.length === x.ndim && [...perm].sort((a, b) => a - b).every((v, i) => v === i);
   if (!ok) throw new RangeError(`${op}: ${expectationText(`a permutation of ${x.ndim} dimensions`, 'perm', `[${perm.join(', ')}]`)}`);
-  const y = Tensor.empty(perm.map((p) => x.shape[p]!), x.dtype);
+  const y = Tensor.empty(perm.map((p) => x.shape[p]!), x.dtype, x.device);
   runOp(op, 0, ['x'], [x], [y], [...perm]);
   const inverse = new Array<number>(perm.length);
   perm.forEach((p, i) => (inverse[p] = i));

@@ -44,8 +44,8 @@ export function layerNorm(x: Tensor, weight: Tensor | null, bias: Tensor | null,
   const group = over === 'c' ? c : x.numel / x.shape[0]!;
   const rows = group === 0 ? 0 : x.numel / group;
   const attrs = [eps, Math.max(group, 1)];
-  const y = Tensor.empty(x.shape, x.dtype);
-  const mean = Tensor.empty([rows], x.dtype), rstd = Tensor.empty([rows], x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
+  const mean = Tensor.empty([rows], x.dtype, x.device), rstd = Tensor.empty([rows], x.dtype, x.device);
   runOp(op, 0, ['x', 'weight', 'bias'], [x, weight, bias], [y, mean, rstd], attrs);
   let recorded = false;
   record(y, [x, weight, bias], () => {

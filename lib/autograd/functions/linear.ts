@@ -24,7 +24,7 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
   expectTensor(op, 'x', x, { minRank: 1 });
   expectTensor(op, 'weight', weight, { shape: [-1, x.shape[x.ndim - 1]!] });
   optTensor(op, 'bias', bias, { shape: [weight.shape[0]!] });
-  const y = Tensor.empty([...x.shape.slice(0, -1), weight.shape[0]!], x.dtype);
+  const y = Tensor.empty([...x.shape.slice(0, -1), weight.shape[0]!], x.dtype, x.device);
   runOp(op, 0, ['x', 'weight', 'bias'], [x, weight, bias], [y]);
   return record(y, [x, weight, bias], () => new LinearNode(x, weight));
 }

@@ -4,7 +4,7 @@
  * of target probabilities (mixup / cutmix soft targets; label smoothing then belongs in the targets).
  */
 import { runOp } from '../../backend.js';
-import { expectation, expectationText, Tensor } from '../../tensor.js';
+import { type Device, expectation, expectationText, Tensor } from '../../tensor.js';
 import { type GradContext, type GradResult, Node, record } from '../node.js';
 import { expectNumber, expectTensor } from './common.js';
 
@@ -27,7 +27,7 @@ class CrossEntropyNode extends Node {
   }
 }
 
-function toTarget(op: string, target: unknown, b: number, k: number): { t: Tensor; owned: boolean } {
+function toTarget(op: string, target: unknown, b: number, k: number, device: Device): { t: Tensor; owned: boolean } {
   if (target instanceof Tensor) {
     if (target.disposed) throw new TypeError(`${op}: ${expectationText('a live tensor', 'target', 'a disposed tensor')}`);
     if (target.dtype === 'int32' || target.dtype === 'int64') {
@@ -44,7 +44,11 @@ function toTarget(op: string, target: unknown, b: number, k: number): { t: Tenso
       const v = ids[i]!;
       if (!Number.isInteger(v) || v < 0 || v >= k) throw new RangeError(`${op}: ${expectationText(`class ids in [0, ${k})`, 'target', `${v} at index ${i}`)}`);
     }
-    return { t: Tensor.from(Int32Array.from(ids), [b]), owned: true };
+    const host = Tensor.from(Int32Array.from(ids), [b]);
+    if (device === 'cpu') return { t: host, owned: true };
+    const t = host.to(device);  // the ids go where the logits are
+    host.dispose();
+    return { t, owned: true };
   }
   throw new TypeError(`${op}: ${expectation('class ids or a [B, K] probability tensor', 'target', target)}`);
 }
@@ -55,9 +59,9 @@ export function crossEntropy(logits: Tensor, target: Tensor | Int32Array | reado
   const [b, k] = logits.shape as [number, number];
   if (b === 0 || k === 0) throw new RangeError(`${op}: ${expectation('a non-empty batch', 'logits', logits)}`);
   const ls = expectNumber(op, 'labelSmoothing', opts.labelSmoothing ?? 0, 0, 0.999999);
-  const { t, owned } = toTarget(op, target, b, k);
+  const { t, owned } = toTarget(op, target, b, k, logits.device);
   const attrs = [ls];
-  const loss = Tensor.empty([], logits.dtype);
+  const loss = Tensor.empty([], logits.dtype, logits.device);
   try {
     runOp(op, 0, ['logits', 'target'], [logits, t], [loss], attrs);
     record(loss, [logits], () => new CrossEntropyNode(logits, t, attrs));

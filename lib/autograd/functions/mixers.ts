@@ -28,7 +28,7 @@ export function randomMixing(x: Tensor, matrix: Tensor): Tensor {
   expectTensor(op, 'x', x, { rank: 3 });
   const n = x.shape[1]!;
   expectTensor(op, 'random_matrix', matrix, { shape: [n, n] });
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x', 'random_matrix'], [x, matrix], [y]);
   return record(y, [x, matrix], () => new RandomMixingNode(x, matrix));
 }
@@ -47,7 +47,7 @@ class PoolNode extends Node {
 export function poolMixer(x: Tensor): Tensor {
   const op = 'pool';
   expectTensor(op, 'x', x, { rank: 4 });
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x'], [x], [y]);
   return record(y, [x], () => new PoolNode());
 }

@@ -27,7 +27,7 @@ export function starRelu(x: Tensor, scale: Tensor | null, bias: Tensor | null): 
   expectTensor(op, 'x', x);
   optTensor(op, 'scale', scale, { shape: [1] });
   optTensor(op, 'bias', bias, { shape: [1] });
-  const y = Tensor.empty(x.shape, x.dtype);
+  const y = Tensor.empty(x.shape, x.dtype, x.device);
   runOp(op, 0, ['x', 'scale', 'bias'], [x, scale, bias], [y]);
   return record(y, [x, scale, bias], () => new StarReluNode(x, scale));
 }
