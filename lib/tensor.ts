@@ -44,31 +44,66 @@ function checkDevice(device: unknown): asserts device is Device {
 // --- scopes ---------------------------------------------------------------------------------------
 
 const scopes: Set<Tensor>[] = [];
+// Per open scope, the tensors keep() took out of it (roots of graphs that outlive the scope).
+const scopeKept: Tensor[][] = [];
+
+/** Autograd nodes reachable from `roots` (through each node's inputs). */
+function graphNodes(roots: Iterable<Tensor>): Set<Node> {
+  const seen = new Set<Node>();
+  const stack = [...roots];
+  while (stack.length > 0) {
+    const n = stack.pop()!._node;
+    if (!n || seen.has(n)) continue;
+    seen.add(n);
+    for (const t of n.inputs) if (t) stack.push(t);
+  }
+  return seen;
+}
 
 /**
  * Runs fn and disposes every tensor created during it, except the tensors found in its result
  * (a Tensor, or arrays / plain objects / Maps holding tensors). Works with async functions too.
+ * Autograd graphs that die with the scope (a forward pass without backward) release their saved
+ * tensors at once instead of waiting for the garbage collector; graphs reachable from the result or
+ * from keep()-ed tensors stay intact for a later backward().
  */
 export function tidy<T>(fn: () => T): T {
   const scope = new Set<Tensor>();
+  const keptHere: Tensor[] = [];
   scopes.push(scope);
+  scopeKept.push(keptHere);
+  const close = (): void => {
+    const i = scopes.lastIndexOf(scope);
+    scopes.splice(i, 1);
+    scopeKept.splice(i, 1);
+  };
   let result: T;
   try {
     result = fn();
   } catch (e) {
-    scopes.splice(scopes.lastIndexOf(scope), 1);
+    close();
     for (const t of scope) t.dispose();
     throw e;
   }
   const finish = (value: unknown): void => {
-    scopes.splice(scopes.lastIndexOf(scope), 1);
+    close();
     const kept = new Set<Tensor>();
     collectTensors(value, kept, 0);
     const parent = scopes[scopes.length - 1];
+    let live: Set<Node> | null = null;  // nodes still reachable, computed when first needed
     for (const t of scope) {
-      if (!kept.has(t)) t.dispose();
-      else if (parent) parent.add(t);
-      else t._h.track();  // escapes every scope: the garbage collector decides its lifetime now
+      if (!kept.has(t)) {
+        const n = t._node;
+        if (n && !n.released) {
+          live ??= graphNodes([...kept, ...keptHere]);
+          if (!live.has(n)) n.release();
+        }
+        t.dispose();
+      } else if (parent) {
+        parent.add(t);
+      } else {
+        t._h.track();  // escapes every scope: the garbage collector decides its lifetime now
+      }
     }
   };
   if (result instanceof Promise) {
@@ -89,7 +124,9 @@ export function tidy<T>(fn: () => T): T {
 
 /** Removes tensors from every open tidy scope, so they survive it. Returns its argument. */
 export function keep<T extends Tensor>(t: T): T {
-  for (const s of scopes) s.delete(t);
+  scopes.forEach((s, i) => {
+    if (s.delete(t)) scopeKept[i]!.push(t);
+  });
   t._h.track();
   return t;
 }
