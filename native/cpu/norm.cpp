@@ -80,6 +80,40 @@ void row_grad_sums(const float* x, const float* dy, const float* w, int64_t C, f
   sgx += hsum(vsgx);
 }
 
+// row_grad_sums for 4 consecutive rows of C (each with its own mean / rstd): sg[q], sgx[q] are set;
+// dw / db get the 4 rows' contributions in one update per 8 channels.
+void rows4_grad_sums(const float* x, const float* dy, const float* w, int64_t C, const float* mean, const float* rstd, float* dw,
+                     float* db, float* sg, float* sgx) {
+  __m256 m[4], rs[4], vsg[4], vsgx[4];
+  for (int q = 0; q < 4; ++q) {
+    m[q] = _mm256_set1_ps(mean[q]);
+    rs[q] = _mm256_set1_ps(rstd[q]);
+    vsg[q] = vsgx[q] = _mm256_setzero_ps();
+  }
+  for (int64_t c = 0; c < C; c += 8) {
+    __m256i mk = tail_mask(std::min<int64_t>(8, C - c));
+    __m256 wv = w ? _mm256_maskload_ps(w + c, mk) : _mm256_setzero_ps();
+    __m256 adw = _mm256_setzero_ps(), adb = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + q * C + c, mk), m[q]), rs[q]);
+      xhat = _mm256_and_ps(xhat, _mm256_castsi256_ps(mk));
+      __m256 d = _mm256_maskload_ps(dy + q * C + c, mk);
+      __m256 gg = w ? _mm256_mul_ps(d, wv) : d;
+      vsg[q] = _mm256_add_ps(vsg[q], gg);
+      vsgx[q] = _mm256_add_ps(vsgx[q], _mm256_mul_ps(gg, xhat));
+      adw = _mm256_add_ps(adw, _mm256_mul_ps(d, xhat));
+      adb = _mm256_add_ps(adb, d);
+    }
+    _mm256_maskstore_ps(dw + c, mk, _mm256_add_ps(_mm256_maskload_ps(dw + c, mk), adw));
+    _mm256_maskstore_ps(db + c, mk, _mm256_add_ps(_mm256_maskload_ps(db + c, mk), adb));
+  }
+  for (int q = 0; q < 4; ++q) {
+    sg[q] = hsum(vsg[q]);
+    sgx[q] = hsum(vsgx[q]);
+  }
+}
+
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) over one row.
 void row_input_grad(const float* x, const float* dy, const float* w, float* dx, int64_t C, float mean, float rstd, float a1,
                     float a2) {
@@ -167,15 +201,23 @@ void layernorm_fwd(const OpArgs& a) {
   const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
   if (g.rows_per_group == 1) {  // LayerNorm over channels: statistics and normalisation in one pass per row
     double eps = a.attr[0];
+    // Rows in groups of kRowBlock: each row is a chain of dependent reductions, divisions and a square
+    // root; interleaving independent rows lets them overlap (one row at a time was latency-bound).
+    constexpr int64_t kRowBlock = 4;
     parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* xr = X + r * g.C;
-        float mu = static_cast<float>(static_cast<double>(row_sum(xr, g.C)) / static_cast<double>(g.G));
-        double v = row_sqdev(xr, g.C, mu);
-        float rs = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
-        mean[r] = mu;
-        rstd[r] = rs;
-        row_normalize(xr, Y + r * g.C, g.C, mu, rs, W, B);
+      for (int64_t r = r0; r < r1; r += kRowBlock) {
+        const int64_t nb = std::min(kRowBlock, r1 - r);
+        float mu[kRowBlock] = {}, rs[kRowBlock] = {};
+        double v[kRowBlock] = {};
+        for (int64_t q = 0; q < nb; ++q)
+          mu[q] = static_cast<float>(static_cast<double>(row_sum(X + (r + q) * g.C, g.C)) / static_cast<double>(g.G));
+        for (int64_t q = 0; q < nb; ++q) v[q] = row_sqdev(X + (r + q) * g.C, g.C, mu[q]);
+        for (int64_t q = 0; q < nb; ++q) {
+          rs[q] = static_cast<float>(1.0 / std::sqrt(v[q] / static_cast<double>(g.G) + eps));
+          mean[r + q] = mu[q];
+          rstd[r + q] = rs[q];
+        }
+        for (int64_t q = 0; q < nb; ++q) row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mu[q], rs[q], W, B);
       }
     });
     return;
@@ -208,7 +250,20 @@ void layernorm_bwd(const OpArgs& a) {
   parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
     int t = omp_get_thread_num();
     std::vector<float> fdw(static_cast<size_t>(C), 0.0f), fdb(static_cast<size_t>(C), 0.0f);
-    for (int64_t k = k0; k < k1; ++k) {
+    int64_t k = k0;
+    if (one_row) {  // blocks of 4 rows: independent chains overlap, dw/db updated once per block
+      for (; k + 4 <= k1; k += 4) {
+        float sg[4], sgx[4];
+        rows4_grad_sums(X + k * C, DY + k * C, W, C, MEAN + k, RSTD + k, fdw.data(), fdb.data(), sg, sgx);
+        if (!DX) continue;
+        for (int64_t q = 0; q < 4; ++q) {
+          float a1 = static_cast<float>(static_cast<double>(sg[q]) / static_cast<double>(g.G));
+          float a2 = static_cast<float>(static_cast<double>(sgx[q]) / static_cast<double>(g.G));
+          row_input_grad(X + (k + q) * C, DY + (k + q) * C, W, DX + (k + q) * C, C, MEAN[k + q], RSTD[k + q], a1, a2);
+        }
+      }
+    }
+    for (; k < k1; ++k) {
       int64_t r = k / g.rows_per_group;
       float sg = 0, sgx = 0;
       row_grad_sums(X + k * C, DY + k * C, W, C, MEAN[r], RSTD[r], fdw.data(), fdb.data(), sg, sgx);
