@@ -196,14 +196,25 @@ inline int64_t taps(int64_t i, int64_t n) { return (i > 0) + 1 + (i + 1 < n); }
 // instead of 9 multiply-adds, contiguous over W * C.
 void pool_rows(const float* IN, float* OUT, int64_t H, int64_t W, int64_t C, int64_t b, int64_t h, bool scale_by_source,
                float* vsum) {
-  std::fill(vsum, vsum + W * C, 0.0f);
-  for (int64_t i = std::max<int64_t>(h - 1, 0); i <= std::min(h + 1, H - 1); ++i) {
-    const float* src = IN + (b * H + i) * W * C;
-    for (int64_t w = 0; w < W; ++w) {
-      float k = scale_by_source ? 1.0f / static_cast<float>(taps(i, H) * taps(w, W)) : 1.0f;
-      float* v = vsum + w * C;
-      const float* x = src + w * C;
-      for (int64_t c = 0; c < C; ++c) v[c] += x[c] * k;
+  const int64_t i0 = std::max<int64_t>(h - 1, 0), i1 = std::min(h + 1, H - 1), n = W * C;
+  if (!scale_by_source) {  // plain sum of the (up to) three rows, contiguous over W * C
+    const float *r0 = IN + (b * H + i0) * n, *r2 = IN + (b * H + i1) * n, *r1 = i1 - i0 == 2 ? r0 + n : r0;
+    if (i1 - i0 == 2)
+      for (int64_t e = 0; e < n; ++e) vsum[e] = r0[e] + r1[e] + r2[e];
+    else if (i1 > i0)
+      for (int64_t e = 0; e < n; ++e) vsum[e] = r0[e] + r2[e];
+    else
+      std::memcpy(vsum, r0, sizeof(float) * static_cast<size_t>(n));
+  } else {
+    std::fill(vsum, vsum + n, 0.0f);
+    for (int64_t i = i0; i <= i1; ++i) {
+      const float* src = IN + (b * H + i) * n;
+      for (int64_t w = 0; w < W; ++w) {
+        float k = 1.0f / static_cast<float>(taps(i, H) * taps(w, W));
+        float* v = vsum + w * C;
+        const float* x = src + w * C;
+        for (int64_t c = 0; c < C; ++c) v[c] += x[c] * k;
+      }
     }
   }
   const float* self = IN + (b * H + h) * W * C;
