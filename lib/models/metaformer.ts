@@ -161,7 +161,14 @@ export class MetaFormer extends Module {
     this.stages = this.child('stages', new Sequential(stages));
     this.norm = this.child('norm', new L.LayerNorm(c.dims[3]!, 1e-6, true));
     this.head = this.child('head', this.makeHead(c.numClasses, headDropout));
-    if (opts.device !== undefined && opts.device !== 'cpu') this.to(opts.device);
+    if (opts.device !== undefined && opts.device !== 'cpu') {
+      try {
+        this.to(opts.device);
+      } catch (e) {
+        this.dispose();
+        throw e;
+      }
+    }
   }
 
   /** Moves the model to a device (see Module.to); compiled plans are dropped. */
