@@ -24,8 +24,48 @@ int64_t chunk_rows(const ConvGeom& g) {
   return std::min(rows, g.B * g.Ho * g.Wo);
 }
 
+// im2col for an NCHW input (the stem): for each (ci, i) the kw taps of one column block are kw
+// consecutive pixels of one input row, so each is a short contiguous copy (bounds checked at the edges).
+// KW > 0: the kernel width as a constant (the copies become a few register moves); 0: g.kw.
+template <int KW>
+void im2col_nchw_kw(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+  const int64_t kw = KW > 0 ? KW : g.kw;
+  int64_t kk = g.kh * kw;
+  parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
+      int64_t iw0 = ow * g.stride - g.pad;
+      bool inner = iw0 >= 0 && iw0 + kw <= g.W;
+      for (int64_t ci = 0; ci < g.Ci; ++ci)
+        for (int64_t i = 0; i < g.kh; ++i) {
+          float* d = col + r * g.cols() + ci * kk + i * kw;
+          int64_t ih = oh * g.stride - g.pad + i;
+          if (ih < 0 || ih >= g.H) {
+            std::memset(d, 0, sizeof(float) * static_cast<size_t>(kw));
+            continue;
+          }
+          const float* src = x + ((b * g.Ci + ci) * g.H + ih) * g.W;
+          if (inner) {
+            std::memcpy(d, src + iw0, sizeof(float) * static_cast<size_t>(kw));
+          } else {
+            for (int64_t j = 0; j < kw; ++j) d[j] = (iw0 + j >= 0 && iw0 + j < g.W) ? src[iw0 + j] : 0.0f;
+          }
+        }
+    }
+  });
+}
+
+void im2col_nchw(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+  if (g.kw == 7) im2col_nchw_kw<7>(g, x, col, m0, m1);  // the official stem
+  else im2col_nchw_kw<0>(g, x, col, m0, m1);
+}
+
 // Fills col rows [m0, m1) (relative row r = m - m0), column order (ci, i, j).
 void im2col(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m1) {
+  if (g.nchw) {
+    im2col_nchw(g, x, col, m0, m1);
+    return;
+  }
   int64_t kk = g.kh * g.kw;
   parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
