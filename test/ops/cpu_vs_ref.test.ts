@@ -74,6 +74,7 @@ function cases(): Case[] {
   for (const [B, Ci, H, W, Co, k, s, p, nchw] of [
     [2, 3, 29, 23, 12, 7, 4, 2, 1], [1, 3, 17, 9, 5, 7, 4, 2, 1], [2, 12, 7, 5, 20, 3, 2, 1, 0],
     [1, 5, 9, 11, 3, 3, 1, 1, 0], [3, 17, 1, 1, 9, 3, 2, 1, 0], [1, 1, 4, 4, 1, 3, 2, 1, 0],
+    [2, 4, 9, 10, 6, 3, 2, 1, 1], [1, 2, 5, 3, 4, 5, 1, 2, 1],  // NCHW with other kernel widths
     [2, 64, 128, 128, 3, 3, 1, 1, 0]] as const) {  // the last: several im2col chunks
     const x = nchw ? rnd([B, Ci, H, W]) : rnd([B, H, W, Ci]), w = rnd([Co, Ci, k, k]), b = rnd([Co]);
     const Ho = Math.floor((H + 2 * p - k) / s) + 1, Wo = Math.floor((W + 2 * p - k) / s) + 1;
