@@ -24,6 +24,20 @@ int64_t chunk_rows(const ConvGeom& g) {
   return std::min(rows, g.B * g.Ho * g.Wo);
 }
 
+// Calls fn(b, t, ih, iw, inside) for the kh * kw taps (t = i * kw + j) of output pixel m: the input
+// pixel (ih, iw) of image b under tap t, and whether it lies inside the map (else it is padding).
+template <typename F>
+inline void for_each_tap(const ConvGeom& g, int64_t m, F&& fn) {
+  int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    int64_t ih = oh * g.stride - g.pad + i;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      int64_t iw = ow * g.stride - g.pad + j;
+      fn(b, i * g.kw + j, ih, iw, ih >= 0 && ih < g.H && iw >= 0 && iw < g.W);
+    }
+  }
+}
+
 // im2col for an NCHW input (the stem): for each (ci, i) the kw taps of one column block are kw
 // consecutive pixels of one input row, so each is a short contiguous copy (bounds checked at the edges).
 // KW > 0: the kernel width as a constant (the copies become a few register moves); 0: g.kw.
@@ -69,22 +83,15 @@ void im2col(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m
   int64_t kk = g.kh * g.kw;
   parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
       float* dst = col + r * g.cols();
-      for (int64_t i = 0; i < g.kh; ++i) {
-        int64_t ih = oh * g.stride - g.pad + i;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          int64_t iw = ow * g.stride - g.pad + j, t = i * g.kw + j;
-          if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
-            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = 0.0f;
-          } else if (g.nchw) {
-            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = x[((b * g.Ci + ci) * g.H + ih) * g.W + iw];
-          } else {
-            const float* src = x + ((b * g.H + ih) * g.W + iw) * g.Ci;
-            for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = src[ci];
-          }
+      for_each_tap(g, m0 + r, [&](int64_t b, int64_t t, int64_t ih, int64_t iw, bool inside) {
+        if (!inside) {
+          for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = 0.0f;
+          return;
         }
-      }
+        const float* src = x + ((b * g.H + ih) * g.W + iw) * g.Ci;
+        for (int64_t ci = 0; ci < g.Ci; ++ci) dst[ci * kk + t] = src[ci];
+      });
     }
   });
 }
@@ -94,21 +101,11 @@ void im2col(const ConvGeom& g, const float* x, float* col, int64_t m0, int64_t m
 void col2im(const ConvGeom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
   int64_t kk = g.kh * g.kw;
   for (int64_t m = m0; m < m1; ++m) {
-    int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
     const float* src = dcol + (m - m0) * g.cols();
-    for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t ih = oh * g.stride - g.pad + i;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        int64_t iw = ow * g.stride - g.pad + j, t = i * g.kw + j;
-        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-        if (g.nchw) {
-          for (int64_t ci = 0; ci < g.Ci; ++ci) dx[((b * g.Ci + ci) * g.H + ih) * g.W + iw] += src[ci * kk + t];
-        } else {
-          float* d = dx + ((b * g.H + ih) * g.W + iw) * g.Ci;
-          for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += src[ci * kk + t];
-        }
-      }
-    }
+    for_each_tap(g, m, [&](int64_t b, int64_t t, int64_t ih, int64_t iw, bool inside) {
+      if (!inside) return;
+      for (int64_t ci = 0; ci < g.Ci; ++ci) dx[g.x_index(b, ci, ih, iw)] += src[ci * kk + t];
+    });
   }
 }
 
@@ -140,16 +137,11 @@ void im2col_taps(const ConvGeom& g, const float* x, float* col, int64_t m0, int6
   size_t row_bytes = sizeof(float) * static_cast<size_t>(g.Ci);
   parallel_for(m1 - m0, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      int64_t m = m0 + r, b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
       float* dst = col + r * g.cols();
-      for (int64_t i = 0; i < g.kh; ++i) {
-        int64_t ih = oh * g.stride - g.pad + i;
-        for (int64_t j = 0; j < g.kw; ++j, dst += g.Ci) {
-          int64_t iw = ow * g.stride - g.pad + j;
-          if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) std::memset(dst, 0, row_bytes);
-          else std::memcpy(dst, x + ((b * g.H + ih) * g.W + iw) * g.Ci, row_bytes);
-        }
-      }
+      for_each_tap(g, m0 + r, [&](int64_t b, int64_t t, int64_t ih, int64_t iw, bool inside) {
+        if (inside) std::memcpy(dst + t * g.Ci, x + ((b * g.H + ih) * g.W + iw) * g.Ci, row_bytes);
+        else std::memset(dst + t * g.Ci, 0, row_bytes);
+      });
     }
   });
 }
@@ -157,17 +149,13 @@ void im2col_taps(const ConvGeom& g, const float* x, float* col, int64_t m0, int6
 // dx += scatter of dcol rows [m0, m1) in (i, j, ci) order (serial: windows of one image overlap).
 void col2im_taps(const ConvGeom& g, const float* dcol, float* dx, int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; ++m) {
-    int64_t b = m / (g.Ho * g.Wo), oh = (m / g.Wo) % g.Ho, ow = m % g.Wo;
     const float* src = dcol + (m - m0) * g.cols();
-    for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t ih = oh * g.stride - g.pad + i;
-      for (int64_t j = 0; j < g.kw; ++j, src += g.Ci) {
-        int64_t iw = ow * g.stride - g.pad + j;
-        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-        float* d = dx + ((b * g.H + ih) * g.W + iw) * g.Ci;
-        for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += src[ci];
-      }
-    }
+    for_each_tap(g, m, [&](int64_t b, int64_t t, int64_t ih, int64_t iw, bool inside) {
+      if (!inside) return;
+      float* d = dx + ((b * g.H + ih) * g.W + iw) * g.Ci;
+      const float* s = src + t * g.Ci;
+      for (int64_t ci = 0; ci < g.Ci; ++ci) d[ci] += s[ci];
+    });
   }
 }
 
