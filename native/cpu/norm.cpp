@@ -58,44 +58,24 @@ void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, 
   }
 }
 
-// One row of the backward's first pass: g = dy * w; sg += sum g, sgx += sum g * xhat (8 float lanes,
-// then across lanes); dw[c] += dy * xhat, db[c] += dy.
-void row_grad_sums(const float* x, const float* dy, const float* w, int64_t C, float mean, float rstd, float* dw, float* db,
-                   float& sg, float& sgx) {
-  const __m256 m = _mm256_set1_ps(mean), rs = _mm256_set1_ps(rstd);
-  __m256 vsg = _mm256_setzero_ps(), vsgx = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c < C; c += 8) {
-    __m256i mk = tail_mask(std::min<int64_t>(8, C - c));  // masked loads read zeros past the row
-    __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + c, mk), m), rs);
-    xhat = _mm256_and_ps(xhat, _mm256_castsi256_ps(mk));
-    __m256 d = _mm256_maskload_ps(dy + c, mk);
-    __m256 gg = w ? _mm256_mul_ps(d, _mm256_maskload_ps(w + c, mk)) : d;
-    vsg = _mm256_add_ps(vsg, gg);
-    vsgx = _mm256_add_ps(vsgx, _mm256_mul_ps(gg, xhat));
-    _mm256_maskstore_ps(dw + c, mk, _mm256_add_ps(_mm256_maskload_ps(dw + c, mk), _mm256_mul_ps(d, xhat)));
-    _mm256_maskstore_ps(db + c, mk, _mm256_add_ps(_mm256_maskload_ps(db + c, mk), d));
-  }
-  sg += hsum(vsg);
-  sgx += hsum(vsgx);
-}
-
-// row_grad_sums for 4 consecutive rows of C (each with its own mean / rstd): sg[q], sgx[q] are set;
-// dw / db get the 4 rows' contributions in one update per 8 channels.
-void rows4_grad_sums(const float* x, const float* dy, const float* w, int64_t C, const float* mean, const float* rstd, float* dw,
-                     float* db, float* sg, float* sgx) {
-  __m256 m[4], rs[4], vsg[4], vsgx[4];
-  for (int q = 0; q < 4; ++q) {
+// The backward's first pass over R consecutive rows of C (row q with its own mean[q] / rstd[q]):
+// g = dy * w; sg[q] = sum g, sgx[q] = sum g * xhat (8 float lanes, then across lanes); dw[c] += sum_q
+// dy * xhat, db[c] += sum_q dy, one update per 8 channels. R = 4 lets independent rows overlap.
+template <int R>
+void rows_grad_sums(const float* x, const float* dy, const float* w, int64_t C, const float* mean, const float* rstd, float* dw,
+                    float* db, float* sg, float* sgx) {
+  __m256 m[R], rs[R], vsg[R], vsgx[R];
+  for (int q = 0; q < R; ++q) {
     m[q] = _mm256_set1_ps(mean[q]);
     rs[q] = _mm256_set1_ps(rstd[q]);
     vsg[q] = vsgx[q] = _mm256_setzero_ps();
   }
   for (int64_t c = 0; c < C; c += 8) {
-    __m256i mk = tail_mask(std::min<int64_t>(8, C - c));
+    __m256i mk = tail_mask(std::min<int64_t>(8, C - c));  // masked loads read zeros past the row
     __m256 wv = w ? _mm256_maskload_ps(w + c, mk) : _mm256_setzero_ps();
     __m256 adw = _mm256_setzero_ps(), adb = _mm256_setzero_ps();
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < R; ++q) {
       __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + q * C + c, mk), m[q]), rs[q]);
       xhat = _mm256_and_ps(xhat, _mm256_castsi256_ps(mk));
       __m256 d = _mm256_maskload_ps(dy + q * C + c, mk);
@@ -108,7 +88,7 @@ void rows4_grad_sums(const float* x, const float* dy, const float* w, int64_t C,
     _mm256_maskstore_ps(dw + c, mk, _mm256_add_ps(_mm256_maskload_ps(dw + c, mk), adw));
     _mm256_maskstore_ps(db + c, mk, _mm256_add_ps(_mm256_maskload_ps(db + c, mk), adb));
   }
-  for (int q = 0; q < 4; ++q) {
+  for (int q = 0; q < R; ++q) {
     sg[q] = hsum(vsg[q]);
     sgx[q] = hsum(vsgx[q]);
   }
@@ -254,7 +234,7 @@ void layernorm_bwd(const OpArgs& a) {
     if (one_row) {  // blocks of 4 rows: independent chains overlap, dw/db updated once per block
       for (; k + 4 <= k1; k += 4) {
         float sg[4], sgx[4];
-        rows4_grad_sums(X + k * C, DY + k * C, W, C, MEAN + k, RSTD + k, fdw.data(), fdb.data(), sg, sgx);
+        rows_grad_sums<4>(X + k * C, DY + k * C, W, C, MEAN + k, RSTD + k, fdw.data(), fdb.data(), sg, sgx);
         if (!DX) continue;
         for (int64_t q = 0; q < 4; ++q) {
           float a1 = static_cast<float>(static_cast<double>(sg[q]) / static_cast<double>(g.G));
@@ -265,8 +245,8 @@ void layernorm_bwd(const OpArgs& a) {
     }
     for (; k < k1; ++k) {
       int64_t r = k / g.rows_per_group;
-      float sg = 0, sgx = 0;
-      row_grad_sums(X + k * C, DY + k * C, W, C, MEAN[r], RSTD[r], fdw.data(), fdb.data(), sg, sgx);
+      float sg, sgx;
+      rows_grad_sums<1>(X + k * C, DY + k * C, W, C, MEAN + r, RSTD + r, fdw.data(), fdb.data(), &sg, &sgx);
       if (one_row) {  // the group is this row: its input gradient needs nothing else
         if (!DX) continue;
         float a1 = static_cast<float>(static_cast<double>(sg) / static_cast<double>(g.G));
