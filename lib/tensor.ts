@@ -429,16 +429,7 @@ export class Tensor {
   to(target: DType | Device): Tensor {
     if (target === 'cpu' || target === 'cuda') {
       if (target === this.device) return this.clone();
-      const src = this._live('to', 'this');
-      const out = new Tensor(new addon.NativeTensor(DTYPE_CODE[this.dtype], [...this.shape], false, DEVICE_ID[target]),
-        this.shape, this.dtype, target);
-      try {
-        src.copyTo(out._h);
-      } catch (e) {
-        out.dispose();
-        throw e;
-      }
-      return out;
+      return new Tensor(this.copyHandleTo(target), this.shape, this.dtype, target);
     }
     if (!isDType(target)) throw new TypeError(expectation('a dtype or a device', 'to()', target));
     const out = Tensor.empty(this.shape, target, this.device);
@@ -453,6 +444,15 @@ export class Tensor {
    */
   _moveTo(device: Device): void {
     if (device === this.device) return;
+    const h = this.copyHandleTo(device);
+    h.track();
+    this._h.dispose();
+    this._h = h;
+    (this as { device: Device }).device = device;
+  }
+
+  /** A new native handle on `device` holding a copy of this tensor's bytes (freed again if the copy fails). */
+  private copyHandleTo(device: Device): NativeTensorHandle {
     const src = this._live('to', 'this');
     const h = new addon.NativeTensor(DTYPE_CODE[this.dtype], [...this.shape], false, DEVICE_ID[device]);
     try {
@@ -461,10 +461,7 @@ export class Tensor {
       h.dispose();
       throw e;
     }
-    h.track();
-    src.dispose();
-    this._h = h;
-    (this as { device: Device }).device = device;
+    return h;
   }
 
   /** A copy with its own memory, on the same device (not connected to autograd). */
