@@ -2,7 +2,7 @@
  * The reproducible Fashion-MNIST script (scripts/train-fashion-mnist.mjs) end to end on a tiny synthetic
  * dataset in the IDX layout (METAFORMER_FASHION_MNIST points at it): one epoch on 64 images, the run folder,
  * result.json with the recipe the script documents, and the shipped copy of the best weights. Needs dist/
- * (built by `npm test` before vitest runs).
+ * (built by `npm test` before vitest runs). Also `metaformer train --data fashion-mnist --crop-padding` on the same data.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { encodeIdx } from '../../lib/train/idx.js';
+import { setupData } from '../../lib/train/recipe.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mf-fmnist-'));
@@ -50,5 +51,30 @@ describe('scripts/train-fashion-mnist.mjs', () => {
     expect(result.recipe).toMatchObject({ model: 'caformer_fmnist', dropPath: 0, cropPadding: 1, smoothing: 0.1, lr: 0.002 });
     for (const f of ['metrics.jsonl', 'curves.svg', 'model_best.safetensors']) expect(existsSync(path.join(out, f)), f).toBe(true);
     expect(readFileSync(ship).equals(readFileSync(path.join(out, 'model_best.safetensors'))), 'shipped copy').toBe(true);
+  });
+
+  it.runIf(existsSync(path.join(root, 'dist/lib/cli/commands/train.js')))('--crop-padding: the CLI option, its checks, and the crop it gives', () => {
+    const env = { ...process.env, METAFORMER_FASHION_MNIST: tmp };
+    const bin = path.join(root, 'bin', 'metaformer.js'), out = path.join(tmp, 'cli');
+    const r = spawnSync(process.execPath, [bin, 'train', '--data', 'fashion-mnist', '--model', 'caformer_fmnist', '--crop-padding', '0',
+      '--epochs', '1', '--batch-size', '16', '--workers', '0', '--out', out, '--json'], { env, encoding: 'utf8', timeout: 120_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).images).toBe(32);
+    const start = JSON.parse(readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').split('\n')[0]!);
+    expect(start.config.cropPadding).toBe(0);
+    const bad = spawnSync(process.execPath, [bin, 'train', '--data', 'fashion-mnist', '--model', 'caformer_fmnist', '--crop-padding=1.5'],
+      { env, encoding: 'utf8' });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/Expected an integer >= 0 for --crop-padding but received "1.5"/);
+    const prev = process.env.METAFORMER_FASHION_MNIST;
+    process.env.METAFORMER_FASHION_MNIST = tmp;
+    try {
+      expect(() => setupData('fashion-mnist', { imageSize: 28, cropPadding: -1 })).toThrow(/Expected a non-negative integer for cropPadding but received -1/);
+      expect(setupData('fashion-mnist', { imageSize: 28, cropPadding: 0 }).trainSpec.crop).toBe('none');
+      expect(setupData('fashion-mnist', { imageSize: 56, cropPadding: 1 }).trainSpec).toMatchObject({ crop: 'pad', padding: 2 });
+    } finally {
+      if (prev === undefined) delete process.env.METAFORMER_FASHION_MNIST;
+      else process.env.METAFORMER_FASHION_MNIST = prev;
+    }
   });
 });
