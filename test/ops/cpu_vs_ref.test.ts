@@ -82,12 +82,15 @@ function cases(): Case[] {
       { ins: [x, w, b], outs: [nanOut([B, Ho, Wo, Co])], attrs: [s, p, nchw] },
       { ins: [rnd([B, Ho, Wo, Co]), x, w], outs: [nanOut([...x.shape]), accOut([Co, Ci, k, k]), accOut([Co])], attrs: [s, p, nchw] });
   }
-  for (const [B, H, W, C, k, bias] of [[1, 1, 1, 1, 7, false], [2, 3, 2, 8, 7, true], [1, 7, 5, 17, 7, false],
-    [2, 13, 9, 33, 7, true], [1, 14, 14, 128, 7, false], [1, 6, 7, 16, 3, true], [1, 5, 4, 9, 5, false]] as const) {
+  const dwconv = (B: number, H: number, W: number, C: number, k: number, bias: boolean) => {
     const x = rnd([B, H, W, C]), w = rnd([C, 1, k, k]), b = bias ? rnd([C]) : null;
     both(`dwconv2d [${B},${H},${W},${C}] k${k}${bias ? ' bias' : ''}`, 'dwconv2d',
       { ins: [x, w, b], outs: [nanOut([B, H, W, C])], attrs: [] },
       { ins: [rnd([B, H, W, C]), x, w], outs: [nanOut([B, H, W, C]), accOut([C, 1, k, k]), bias ? accOut([C]) : null], attrs: [] });
+  };
+  for (const [B, H, W, C, k, bias] of [[1, 1, 1, 1, 7, false], [2, 3, 2, 8, 7, true], [1, 7, 5, 17, 7, false],
+    [2, 13, 9, 33, 7, true], [1, 14, 14, 128, 7, false], [1, 6, 7, 16, 3, true], [1, 5, 4, 9, 5, false]] as const) {
+    dwconv(B, H, W, C, k, bias);
   }
   for (const [B, H, W, C] of [[1, 1, 1, 1], [2, 7, 5, 9], [2, 3, 3, 17], [1, 4, 4, 64], [3, 2, 5, 31]] as const) {
     for (const over of ['c', 'hwc'] as const) {
@@ -165,6 +168,13 @@ function cases(): Case[] {
   }
   out.push({ name: 'normal 1031 truncated', op: 'normal', dir: 0, ins: [], outs: [nanOut([1031])], attrs: [0.5, 2, 99, 1.5] });
   out.push({ name: 'permute [2,3,5,7] -> [0,2,3,1]', op: 'permute', dir: 0, ins: [rnd([2, 3, 5, 7])], outs: [nanOut([2, 5, 7, 3])], attrs: [0, 2, 3, 1] });
+  // Depthwise tiles: widths that are whole 8-pixel tiles (16, 56) and not (57), several images and
+  // channel blocks (block-major tasks), kernels wider than the weight gradient's 7-column chunks (9, 11)
+  // and kernels wider than the image. (Appended here so the cases above keep their random data.)
+  for (const [B, H, W, C, k, bias] of [[3, 9, 16, 20, 7, true], [2, 11, 57, 24, 7, false], [1, 6, 56, 8, 7, true],
+    [1, 12, 10, 19, 9, true], [2, 5, 6, 7, 11, false]] as const) {
+    dwconv(B, H, W, C, k, bias);
+  }
   // Partial gradient requests (frozen weights, inputs without grad): every backward case with several
   // outputs again with only one of them requested, so no kernel touches an output it was not given.
   for (const c of out.filter((k) => k.dir === 1 && k.outs.filter((o) => o).length > 1)) {
