@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { toOnnxBytes } from '../lib/io/onnx.js';
 import { writeSafetensors } from '../lib/io/tensors.js';
+import { memoryStats, resetPeakMemory } from '../lib/memory.js';
 import { createModel, type MetaFormer } from '../lib/models/index.js';
 import { Tensor } from '../lib/tensor.js';
 import { loadOrt, runTorch } from './lib/peers.js';
@@ -21,6 +22,10 @@ export interface ModelRow {
   ortMs: number;
   torchMs: number;
   gflop: number;
+  /** Peak native memory while our predict() ran (weights, plan arena, input, output, scratch), MB. */
+  peakMB: number;
+  /** Blocks of >= 64 KiB taken from the system during the timed predict() calls (after a warm-up call). */
+  systemAllocs: number;
 }
 
 /** GFLOP of one image's forward pass (2 per multiply-accumulate, counted from the traced plan). */
@@ -56,9 +61,14 @@ export async function runModels(opts: {
           : null;
         const feeds = ort ? { input: new ort.Tensor('float32', xs, [batch, 3, 224, 224]) } : null;
         const ours: number[] = [], ortT: number[] = [], torchT: number[] = [];
+        (await model.predict(x)).dispose();  // compiles the plan: allocations from here on are steady state
+        resetPeakMemory();
+        let allocs = 0;
         const iters = batch === 1 ? opts.iters : Math.max(2, Math.ceil(opts.iters / 4));
         for (let r = 0; r < opts.rounds; ++r) {
+          const a0 = memoryStats().systemAllocs;
           ours.push(...await timeAsync(async () => (await model.predict(x)).dispose(), iters, 1));
+          allocs += memoryStats().systemAllocs - a0;
           if (session && feeds) ortT.push(...await timeAsync(async () => { await session.run(feeds); }, iters, 1));
           if (opts.torch) {
             const t = runTorch({ kind: 'model', config: { family: model.config.family, depths: model.config.depths, dims: model.config.dims },
@@ -68,12 +78,16 @@ export async function runModels(opts: {
           }
         }
         await session?.release();
+        const peakMB = memoryStats().peak / 2 ** 20;
         x.dispose();
-        const row: ModelRow = { model: name, batch, oursMs: median(ours) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop };
+        const row: ModelRow = {
+          model: name, batch, oursMs: median(ours) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop, peakMB, systemAllocs: allocs,
+        };
         rows.push(row);
         const ips = (ms: number) => fmt((1000 * batch) / ms, 1);
         opts.log(`${name.padEnd(20)} b${String(batch).padEnd(3)} ours ${fmt(row.oursMs, 1)} ms (${ips(row.oursMs)} img/s, ${fmt((gflop * batch) / (row.oursMs / 1e3), 0)} GFLOP/s)` +
-          `  ORT ${fmt(row.ortMs, 1)} ms (${fmt(row.ortMs / row.oursMs, 2)}x)  PyTorch ${fmt(row.torchMs, 1)} ms (${fmt(row.torchMs / row.oursMs, 2)}x)`);
+          `  ORT ${fmt(row.ortMs, 1)} ms (${fmt(row.ortMs / row.oursMs, 2)}x)  PyTorch ${fmt(row.torchMs, 1)} ms (${fmt(row.torchMs / row.oursMs, 2)}x)` +
+          `  peak ${fmt(peakMB, 0)} MB, ${allocs} system allocs after warm-up`);
       }
       model.dispose();
     }

@@ -43,12 +43,16 @@ export function kernelsMarkdown(r: KernelResults, m: MachineInfo): string {
 export function modelsMarkdown(rows: ModelRow[], m: MachineInfo): string {
   const lines = [`## Models (224x224, fp32)`, '', `Measured ${machineLine(m)}. metaformer: \`predict()\`; ` +
     `onnxruntime-node: CPU EP, 2 intra-op threads, all graph optimisations, our exported ONNX; PyTorch 1.13: 2 threads, tuned.`, '',
-    '| model | batch | GFLOP/img | ours ms | ours img/s | ours GFLOP/s | ORT ms | ORT / ours | PyTorch ms | PyTorch / ours |',
-    '|---|---|---|---|---|---|---|---|---|---|'];
+    '| model | batch | GFLOP/img | ours ms | ours img/s | ours GFLOP/s | ORT ms | ORT / ours | PyTorch ms | PyTorch / ours | peak MB | system allocs |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows) {
     lines.push(`| ${r.model} | ${r.batch} | ${fmt(r.gflop, 2)} | ${fmt(r.oursMs, 1)} | ${fmt((1000 * r.batch) / r.oursMs, 1)} | ` +
-      `${fmt((r.gflop * r.batch) / (r.oursMs / 1000), 0)} | ${fmt(r.ortMs, 1)} | ${fmt(r.ortMs / r.oursMs, 2)}x | ${fmt(r.torchMs, 1)} | ${fmt(r.torchMs / r.oursMs, 2)}x |`);
+      `${fmt((r.gflop * r.batch) / (r.oursMs / 1000), 0)} | ${fmt(r.ortMs, 1)} | ${fmt(r.ortMs / r.oursMs, 2)}x | ${fmt(r.torchMs, 1)} | ${fmt(r.torchMs / r.oursMs, 2)}x | ` +
+      `${fmt(r.peakMB, 0)} | ${r.systemAllocs} |`);
   }
+  lines.push('', 'peak MB: native memory at its highest while our `predict()` ran (weights, plan arena, input, output, ' +
+    'kernel scratch). system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after one ' +
+    'warm-up call (the rest come from the reuse cache; `memoryStats().systemAllocs`).');
   lines.push('', 'bf16 mode: not measured on this machine (no AVX512-BF16/AMX; see NOTES.md).');
   return lines.join('\n');
 }

@@ -14,6 +14,12 @@ export interface MemoryStats {
    * scope or escaping one (memory that tidy()/dispose() frees is not reported).
    */
   gcTracked: number;
+  /**
+   * Blocks of 64 KiB or more taken from the system allocator since the process started (the rest came
+   * from the reuse cache). Each one page-faults on first touch; after the first inference for a given
+   * input shape, predict() and features() take none.
+   */
+  systemAllocs: number;
   /** Tensors collected by the garbage collector without dispose(). */
   leakedTensors: number;
 }

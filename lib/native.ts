@@ -65,7 +65,7 @@ export interface Addon {
   supports(backend: number, op: number, dir: number): boolean;
   setNumThreads(n: number): void;
   getNumThreads(): number;
-  memoryStats(): { live: number; peak: number; cached: number; gcTracked: number };
+  memoryStats(): { live: number; peak: number; cached: number; gcTracked: number; systemAllocs: number };
   resetPeak(): void;
   trimCache(): void;
   buildInfo(): { cuda: boolean; openmp: number; procs: number };

@@ -107,6 +107,7 @@ static Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   o.Set("peak", Napi::Number::New(env, static_cast<double>(peak_bytes())));
   o.Set("cached", Napi::Number::New(env, static_cast<double>(cached_bytes())));
   o.Set("gcTracked", Napi::Number::New(env, static_cast<double>(tracked_external_bytes())));
+  o.Set("systemAllocs", Napi::Number::New(env, static_cast<double>(system_allocs())));
   return o;
 }
 

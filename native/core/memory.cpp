@@ -23,6 +23,7 @@ struct Cache {
   size_t limit = size_t(2) << 30;
   std::atomic<size_t> live{0};
   std::atomic<size_t> peak{0};
+  std::atomic<size_t> system{0};  // cache-sized blocks taken from the system allocator
 };
 
 Cache& cache() {
@@ -70,6 +71,7 @@ void* host_alloc(size_t bytes) {
   }
   if (!p)
     throw Error(ErrorKind::range, "out of memory: could not allocate " + std::to_string(bytes) + " bytes");
+  if (cls >= kCacheMin) c.system.fetch_add(1);
   note_live(static_cast<ptrdiff_t>(cls));
   return p;
 }
@@ -107,6 +109,7 @@ size_t cached_bytes() {
 
 size_t live_bytes() { return cache().live.load(); }
 size_t peak_bytes() { return cache().peak.load(); }
+size_t system_allocs() { return cache().system.load(); }
 void reset_peak() { cache().peak.store(cache().live.load()); }
 
 void set_cache_limit(size_t bytes) {

@@ -19,6 +19,7 @@ size_t cached_bytes();
 size_t live_bytes();     // bytes currently handed out
 size_t peak_bytes();     // high-water mark of live_bytes() since the last reset_peak()
 void reset_peak();
+size_t system_allocs();  // blocks of >= 64 KiB that came from the system, not the cache (each page-faults)
 void set_cache_limit(size_t bytes);
 
 // Where a storage's memory lives. Device memory is allocated through hooks that a device module

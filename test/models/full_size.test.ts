@@ -2,10 +2,11 @@
  * The full-size caformer_s18 fixture (official code, float16 weights upcast exactly, float64
  * reference): logits, features and the four stage outputs through predict()/features() on the fast
  * backend; and concurrency: 32 concurrent predict() calls give the sequential results, and the event
- * loop stays responsive while a predict runs.
+ * loop stays responsive while a predict runs; and steady-state inference takes no memory from the system.
  */
 import { describe, expect, it } from 'vitest';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
+import { memoryStats } from '../../lib/memory.js';
 import { Tensor } from '../../lib/tensor.js';
 import { compare, failures, loadFixture } from '../helpers/tensors.js';
 
@@ -71,5 +72,27 @@ describe('concurrent and non-blocking inference', () => {
     expect(ticks).toBeGreaterThan(1);
     full.dispose();
     model.dispose();
+  }, 120_000);
+
+  it('after the first call for a shape, predict() and features() take no memory from the system', async () => {
+    const full = createModel('caformer_s18');
+    try {
+      const x = Tensor.zeros([1, 3, 224, 224]);
+      const use = async () => {
+        (await full.predict(x)).dispose();
+        const f = await full.features(x, { stages: true });
+        f.features.dispose();
+        for (const s of f.stages!) s.dispose();
+      };
+      await use();  // compiles the plans; arenas and kernel scratch come from the system once
+      await use();
+      const before = memoryStats();
+      for (let i = 0; i < 3; ++i) await use();
+      const after = memoryStats();
+      expect(after.systemAllocs - before.systemAllocs).toBe(0);
+      expect(after.live).toBe(before.live);
+    } finally {
+      full.dispose();
+    }
   }, 120_000);
 });
