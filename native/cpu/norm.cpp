@@ -230,32 +230,36 @@ void layernorm_bwd(const OpArgs& a) {
   parallel_for(rows, 32, [&](int64_t k0, int64_t k1) {
     int t = omp_get_thread_num();
     std::vector<float> fdw(static_cast<size_t>(C), 0.0f), fdb(static_cast<size_t>(C), 0.0f);
-    int64_t k = k0;
-    if (one_row) {  // blocks of 4 rows: independent chains overlap, dw/db updated once per block
-      for (; k + 4 <= k1; k += 4) {
-        float sg[4], sgx[4];
-        rows_grad_sums<4>(X + k * C, DY + k * C, W, C, MEAN + k, RSTD + k, fdw.data(), fdb.data(), sg, sgx);
-        if (!DX) continue;
-        for (int64_t q = 0; q < 4; ++q) {
-          float a1 = static_cast<float>(static_cast<double>(sg[q]) / static_cast<double>(g.G));
-          float a2 = static_cast<float>(static_cast<double>(sgx[q]) / static_cast<double>(g.G));
-          row_input_grad(X + (k + q) * C, DY + (k + q) * C, W, DX + (k + q) * C, C, MEAN[k + q], RSTD[k + q], a1, a2);
-        }
-      }
-    }
-    for (; k < k1; ++k) {
-      int64_t r = k / g.rows_per_group;
-      float sg, sgx;
-      rows_grad_sums<1>(X + k * C, DY + k * C, W, C, MEAN + r, RSTD + r, fdw.data(), fdb.data(), &sg, &sgx);
-      if (one_row) {  // the group is this row: its input gradient needs nothing else
-        if (!DX) continue;
+    // Row k's sums: a one-row group (LayerNorm over channels) gets its input gradient right away, a
+    // longer group collects them for the second pass.
+    auto finish_row = [&](int64_t k, float sg, float sgx) {
+      const int64_t r = k / g.rows_per_group;
+      if (!one_row) {
+        psg[static_cast<size_t>(t * g.R + r)] += sg;
+        psgx[static_cast<size_t>(t * g.R + r)] += sgx;
+      } else if (DX) {
         float a1 = static_cast<float>(static_cast<double>(sg) / static_cast<double>(g.G));
         float a2 = static_cast<float>(static_cast<double>(sgx) / static_cast<double>(g.G));
         row_input_grad(X + k * C, DY + k * C, W, DX + k * C, C, MEAN[r], RSTD[r], a1, a2);
-        continue;
       }
-      psg[static_cast<size_t>(t * g.R + r)] += sg;
-      psgx[static_cast<size_t>(t * g.R + r)] += sgx;
+    };
+    // Blocks of 4 rows: independent chains overlap, and dw/db are updated once per block (per row,
+    // the read-modify-write of the same 8 channels was a store-forwarding chain).
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {
+      float m4[4], r4[4], sg[4], sgx[4];
+      for (int q = 0; q < 4; ++q) {
+        m4[q] = MEAN[(k + q) / g.rows_per_group];
+        r4[q] = RSTD[(k + q) / g.rows_per_group];
+      }
+      rows_grad_sums<4>(X + k * C, DY + k * C, W, C, m4, r4, fdw.data(), fdb.data(), sg, sgx);
+      for (int q = 0; q < 4; ++q) finish_row(k + q, sg[q], sgx[q]);
+    }
+    for (; k < k1; ++k) {
+      const int64_t r = k / g.rows_per_group;
+      float sg, sgx;
+      rows_grad_sums<1>(X + k * C, DY + k * C, W, C, MEAN + r, RSTD + r, fdw.data(), fdb.data(), &sg, &sgx);
+      finish_row(k, sg, sgx);
     }
     for (int64_t c = 0; c < C; ++c) {
       pdw[static_cast<size_t>(t * C + c)] += fdw[static_cast<size_t>(c)];
