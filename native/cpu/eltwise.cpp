@@ -254,6 +254,36 @@ void pool_bwd(const OpArgs& a) { pool_apply(a.in[0], a.in[0].f(), a.out[0].f(), 
 
 // --- dropout -------------------------------------------------------------------------------------
 
+// 64-bit lane-wise a * c (mod 2^64) from 32-bit multiplies (AVX2 has no 64-bit multiply).
+inline __m256i mul64(__m256i a, uint64_t c) {
+  const __m256i clo = _mm256_set1_epi64x(static_cast<int64_t>(c & 0xffffffffu)), chi = _mm256_set1_epi64x(static_cast<int64_t>(c >> 32));
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(a, chi), _mm256_mul_epu32(_mm256_srli_epi64(a, 32), clo));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, clo), _mm256_slli_epi64(cross, 32));
+}
+
+// numeric.h's mix64 on 4 lanes.
+inline __m256i mix64x4(__m256i z) {
+  z = _mm256_add_epi64(z, _mm256_set1_epi64x(static_cast<int64_t>(0x9e3779b97f4a7c15ull)));
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), 0xbf58476d1ce4e5b9ull);
+  z = mul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), 0x94d049bb133111ebull);
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+// Keep-mask of 8 consecutive draws u(seed, index0 + 0..7): uniform01 = (r >> 40) * 2^-24 >= p, i.e.
+// the 24-bit integer r >> 40 >= threshold (p * 2^24 is exact in float, so the test is the same).
+inline __m256 keep_mask8(uint64_t mixed_seed, uint64_t index0, int64_t threshold) {
+  const __m256i base = _mm256_set1_epi64x(static_cast<int64_t>(index0));
+  const __m256i lo = _mm256_add_epi64(base, _mm256_setr_epi64x(0, 1, 2, 3)), hi = _mm256_add_epi64(base, _mm256_setr_epi64x(4, 5, 6, 7));
+  const __m256i s = _mm256_set1_epi64x(static_cast<int64_t>(mixed_seed)), t = _mm256_set1_epi64x(threshold - 1);
+  const __m256i klo = _mm256_cmpgt_epi64(_mm256_srli_epi64(mix64x4(_mm256_xor_si256(s, lo)), 40), t);
+  const __m256i khi = _mm256_cmpgt_epi64(_mm256_srli_epi64(mix64x4(_mm256_xor_si256(s, hi)), 40), t);
+  // 4 + 4 64-bit masks -> 8 32-bit masks, in order.
+  const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+  const __m128i a = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(klo, idx));
+  const __m128i b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(khi, idx));
+  return _mm256_castsi256_ps(_mm256_set_m128i(b, a));
+}
+
 void dropout_apply(const OpArgs& a) {
   float p = static_cast<float>(a.attr[0]);
   int64_t group = static_cast<int64_t>(a.attr[1]);
@@ -262,6 +292,20 @@ void dropout_apply(const OpArgs& a) {
   const float* X = a.in[0].f();
   float* Y = a.out[0].f();
   int64_t groups = a.in[0].numel() / group;
+  if (group == 1) {  // one draw per element: 8 at a time
+    const uint64_t ms = mix64(seed);
+    const int64_t threshold = static_cast<int64_t>(std::ceil(static_cast<double>(p) * 16777216.0));
+    const __m256 vs = _mm256_set1_ps(scale);
+    parallel_for(groups, kChunk, [&](int64_t i0, int64_t i1) {
+      int64_t i = i0;
+      for (; i + 8 <= i1; i += 8) {
+        __m256 keep = keep_mask8(ms, offset + static_cast<uint64_t>(i), threshold);
+        _mm256_storeu_ps(Y + i, _mm256_and_ps(keep, _mm256_mul_ps(_mm256_loadu_ps(X + i), vs)));
+      }
+      for (; i < i1; ++i) Y[i] = uniform01(seed, offset + static_cast<uint64_t>(i)) >= p ? X[i] * scale : 0.0f;
+    });
+    return;
+  }
   parallel_for(groups, std::max<int64_t>(1, kChunk / group), [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       bool keep = uniform01(seed, offset + static_cast<uint64_t>(g)) >= p;
