@@ -175,6 +175,20 @@ function cases(): Case[] {
     [1, 12, 10, 19, 9, true], [2, 5, 6, 7, 11, false]] as const) {
     dwconv(B, H, W, C, k, bias);
   }
+  // Cross-entropy: int64 class ids with smoothing at ImageNet width, and soft targets that are not uniform.
+  {
+    const z = rnd([6, 1000], 4), ids = Tensor.from(BigInt64Array.from({ length: 6 }, (_, i) => BigInt((i * 331) % 1000)), [6]);
+    both('cross_entropy B6 K1000 int64 ls0.1', 'cross_entropy', { ins: [z, ids], outs: [nanOut([])], attrs: [0.1] },
+      { ins: [rnd([]), z, ids], outs: [nanOut([6, 1000])], attrs: [0.1] });
+    const zs = rnd([3, 37], 3), q = new Float32Array(3 * 37).map((_, i) => 0.5 + 0.5 * Math.sin(i));
+    for (let b = 0; b < 3; ++b) {
+      const row = q.subarray(b * 37, (b + 1) * 37), s = row.reduce((x, y) => x + y, 0);
+      row.forEach((v, k) => (row[k] = v / s));
+    }
+    const soft = Tensor.from(q, [3, 37]);
+    both('cross_entropy B3 K37 soft (not uniform)', 'cross_entropy', { ins: [zs, soft], outs: [nanOut([])], attrs: [0.2] },
+      { ins: [rnd([]), zs, soft], outs: [nanOut([3, 37])], attrs: [0.2] });
+  }
   // Partial gradient requests (frozen weights, inputs without grad): every backward case with several
   // outputs again with only one of them requested, so no kernel touches an output it was not given.
   for (const c of out.filter((k) => k.dir === 1 && k.outs.filter((o) => o).length > 1)) {
