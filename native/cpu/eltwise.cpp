@@ -209,16 +209,23 @@ void pool_rows(const float* IN, float* OUT, int64_t H, int64_t W, int64_t C, int
       for (int64_t e = 0; e < n; ++e) vsum[e] = r0[e] + r2[e];
     else
       std::memcpy(vsum, r0, sizeof(float) * static_cast<size_t>(n));
-  } else {
-    std::fill(vsum, vsum + n, 0.0f);
+  } else {  // the three rows scaled by 1/taps(row), then each pixel by 1/taps(column): 1/count = their product
+    float a[3] = {0, 0, 0};
+    const float* r[3] = {nullptr, nullptr, nullptr};
     for (int64_t i = i0; i <= i1; ++i) {
-      const float* src = IN + (b * H + i) * n;
-      for (int64_t w = 0; w < W; ++w) {
-        float k = 1.0f / static_cast<float>(taps(i, H) * taps(w, W));
-        float* v = vsum + w * C;
-        const float* x = src + w * C;
-        for (int64_t c = 0; c < C; ++c) v[c] += x[c] * k;
-      }
+      r[i - i0] = IN + (b * H + i) * n;
+      a[i - i0] = 1.0f / static_cast<float>(taps(i, H));
+    }
+    for (int64_t w = 0; w < W; ++w) {
+      const float bw = 1.0f / static_cast<float>(taps(w, W));
+      const int64_t e0 = w * C;
+      float* v = vsum + e0;
+      if (r[2])
+        for (int64_t c = 0; c < C; ++c) v[c] = (r[0][e0 + c] * a[0] + r[1][e0 + c] * a[1] + r[2][e0 + c] * a[2]) * bw;
+      else if (r[1])
+        for (int64_t c = 0; c < C; ++c) v[c] = (r[0][e0 + c] * a[0] + r[1][e0 + c] * a[1]) * bw;
+      else
+        for (int64_t c = 0; c < C; ++c) v[c] = r[0][e0 + c] * a[0] * bw;
     }
   }
   const float* self = IN + (b * H + h) * W * C;
