@@ -111,13 +111,16 @@ function cases(): Case[] {
       { ins: [x, s, b], outs: [nanOut([...shape])], attrs: [] },
       { ins: [rnd([...shape]), x, s], outs: [nanOut([...shape]), params ? accOut([1]) : null, params ? accOut([1]) : null], attrs: [] });
   }
-  for (const [B, N, heads, hd] of [[1, 1, 1, 32], [2, 5, 2, 32], [1, 49, 3, 32], [2, 50, 1, 32], [1, 17, 2, 8], [1, 196, 2, 32]] as const) {
+  const attention = (B: number, N: number, heads: number, hd: number) => {
     const A = heads * hd, qkv = rnd([B, N, 3 * A]);
     const o = Tensor.empty([B, N, A]), lse = Tensor.empty([B, heads, N]);
     addon.run(OP.attention, 0, BACKEND_ID.ref, [qkv._h], [o._h, lse._h], [hd, hd ** -0.5]);
     both(`attention B${B} N${N} heads${heads} hd${hd}`, 'attention',
       { ins: [qkv], outs: [nanOut([B, N, A]), nanOut([B, heads, N])], attrs: [hd, hd ** -0.5] },
       { ins: [rnd([B, N, A]), qkv, o, lse], outs: [nanOut([B, N, 3 * A])], attrs: [hd, hd ** -0.5] });
+  };
+  for (const [B, N, heads, hd] of [[1, 1, 1, 32], [2, 5, 2, 32], [1, 49, 3, 32], [2, 50, 1, 32], [1, 17, 2, 8], [1, 196, 2, 32]] as const) {
+    attention(B, N, heads, hd);
   }
   for (const [B, N, C] of [[1, 1, 1], [2, 7, 3], [2, 35, 17], [1, 49, 64]] as const) {
     const x = rnd([B, N, C]), r = rnd([N, N]);
@@ -188,6 +191,11 @@ function cases(): Case[] {
     const soft = Tensor.from(q, [3, 37]);
     both('cross_entropy B3 K37 soft (not uniform)', 'cross_entropy', { ins: [zs, soft], outs: [nanOut([])], attrs: [0.2] },
       { ins: [rnd([]), zs, soft], outs: [nanOut([3, 37])], attrs: [0.2] });
+  }
+  // The fused attention kernel for few tokens (N <= 32): head sizes 16, 32, 64, N at and around the
+  // block boundaries (4 query rows, 16 keys), several images; N = 33 takes the batched GEMMs.
+  for (const [B, N, heads, hd] of [[3, 4, 5, 32], [2, 31, 2, 16], [1, 32, 3, 64], [2, 16, 2, 32], [1, 33, 2, 32], [4, 1, 2, 64]] as const) {
+    attention(B, N, heads, hd);
   }
   // Partial gradient requests (frozen weights, inputs without grad): every backward case with several
   // outputs again with only one of them requested, so no kernel touches an output it was not given.
