@@ -243,19 +243,22 @@ def main():
     res = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     with torch.no_grad():
         if job["kind"] == "kernels":
-            # depthwise 7x7 on [1,56,56,128] (channels_last, as the SepConv's dwconv sees it)
-            x = torch.randn(1, 128, 56, 56).contiguous(memory_format=torch.channels_last)
-            conv = nn.Conv2d(128, 128, 7, padding=3, groups=128, bias=False)
-            res["dwconv7x7_1x56x56x128"] = timed(lambda: conv(x), iters, warmup)
+            # depthwise 7x7 at the three SepConv shapes (channels_last, as the SepConv's dwconv sees it)
+            for h, c in ((56, 128), (28, 256), (14, 640)):
+                x = torch.randn(1, c, h, h).contiguous(memory_format=torch.channels_last)
+                conv = nn.Conv2d(c, c, 7, padding=3, groups=c, bias=False)
+                res[f"dwconv7x7_1x{h}x{h}x{c}"] = timed(lambda: conv(x), iters, warmup)
             x2 = torch.randn(1, 128, 56, 56)
+            conv = nn.Conv2d(128, 128, 7, padding=3, groups=128, bias=False)
             res["dwconv7x7_1x56x56x128_nchw"] = timed(lambda: conv(x2), iters, warmup)
             att = Attention(320)
             t = torch.randn(1, 14, 14, 320)
             res["attention_1x14x14x320"] = timed(lambda: att(t), iters, warmup)
             # the attention core alone (qkv projection excluded), as our kernel
-            q = torch.randn(1, 10, 196, 32)
-            res["attention_core_1x196x10x32"] = timed(
-                lambda: ((q @ q.transpose(-2, -1)) * 32 ** -0.5).softmax(-1) @ q, iters, warmup)
+            for n, heads in ((196, 10), (49, 16)):
+                q = torch.randn(1, heads, n, 32)
+                res[f"attention_core_1x{n}x{heads}x32"] = timed(
+                    lambda: ((q @ q.transpose(-2, -1)) * 32 ** -0.5).softmax(-1) @ q, iters, warmup)
         elif job["kind"] == "model":
             m = build(job).eval()
             x = torch.randn(job["batch"], 3, job["size"], job["size"])
