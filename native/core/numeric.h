@@ -1,11 +1,11 @@
 // numeric.h: small numeric helpers shared by every backend: half-precision conversions (round to
-// nearest even, as PyTorch does), and the counter-based RNG behind dropout / drop path.
+// nearest even, as PyTorch does), and the counter-based RNG behind dropout / drop path. Both are also
+// compiled for CUDA devices (MF_HOST_DEVICE), so every backend converts and draws the same way.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-// The dropout RNG below is also compiled for CUDA devices, so every backend draws the same masks.
 #if defined(__CUDACC__)
 #define MF_HOST_DEVICE __host__ __device__
 #else
@@ -14,22 +14,45 @@
 
 namespace mf {
 
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
+// Bit casts and round-half-even that compile for host and device.
+MF_HOST_DEVICE inline float bits_to_f32(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
 
-inline uint16_t f32_to_bf16(float f) {
+MF_HOST_DEVICE inline uint32_t f32_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+MF_HOST_DEVICE inline float round_half_even(float x) {  // in the default rounding mode
+#if defined(__CUDA_ARCH__)
+  return rintf(x);
+#else
+  return std::nearbyint(x);
+#endif
+}
+
+MF_HOST_DEVICE inline float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+
+MF_HOST_DEVICE inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }
 
-inline float f16_to_f32(uint16_t h) {
+MF_HOST_DEVICE inline float f16_to_f32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
   uint32_t u;
@@ -49,23 +72,18 @@ inline float f16_to_f32(uint16_t h) {
   } else {
     u = sign | ((exp + 127 - 15) << 23) | (man << 13);
   }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  return bits_to_f32(u);
 }
 
-inline uint16_t f32_to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
+MF_HOST_DEVICE inline uint16_t f32_to_f16(float f) {
+  uint32_t u = f32_to_bits(f);
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
   if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow (after rounding) -> inf
   if (a < 0x38800000u) {  // result is subnormal or zero: round at the subnormal grid (2^-24)
-    float af;
-    std::memcpy(&af, &a, 4);
-    float scaled = af * 16777216.0f;  // exact: af < 2^-14, scaled < 1024
-    float r = std::nearbyint(scaled);  // default rounding mode: nearest even
+    float scaled = bits_to_f32(a) * 16777216.0f;  // exact: |f| < 2^-14, scaled < 1024
+    float r = round_half_even(scaled);
     return static_cast<uint16_t>(sign | static_cast<uint32_t>(r));
   }
   uint32_t exp = (a >> 23) - 127 + 15;

@@ -40,63 +40,13 @@ __global__ void sumsq_kernel(const T* __restrict__ x, int64_t n, double* __restr
 }
 
 // ---- cast ------------------------------------------------------------------------------------------
-__device__ __forceinline__ float d_bf16_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
-
-__device__ __forceinline__ uint16_t d_f32_to_bf16(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-__device__ __forceinline__ float d_f16_to_f32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {
-      int e = -1;
-      do {
-        ++e;
-        man <<= 1;
-      } while (!(man & 0x400u));
-      u = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (man << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  return __uint_as_float(u);
-}
-
-__device__ __forceinline__ uint16_t d_f32_to_f16(float f) {
-  uint32_t u = __float_as_uint(f);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
-  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);
-  if (a < 0x38800000u) {
-    float scaled = __uint_as_float(a) * 16777216.0f;
-    float r = rintf(scaled);  // round to nearest even
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(r));
-  }
-  uint32_t exp = (a >> 23) - 127 + 15;
-  uint32_t man = a & 0x7fffffu;
-  uint32_t h = (exp << 10) | (man >> 13);
-  uint32_t rest = man & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
+// Conversions: numeric.h's, compiled for the device too (the host code uses the same functions).
 __device__ __forceinline__ double load_any(int d, const void* p, int64_t i) {
   switch (d) {
     case 0: return static_cast<const float*>(p)[i];
     case 1: return static_cast<const double*>(p)[i];
-    case 2: return d_f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case 3: return d_bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case 2: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case 3: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
     case 4: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
     case 5: return static_cast<const int32_t*>(p)[i];
     case 6: return static_cast<const int16_t*>(p)[i];
@@ -110,8 +60,8 @@ __device__ __forceinline__ void store_any(int d, void* p, int64_t i, double v) {
   switch (d) {
     case 0: static_cast<float*>(p)[i] = static_cast<float>(v); break;
     case 1: static_cast<double*>(p)[i] = v; break;
-    case 2: static_cast<uint16_t*>(p)[i] = d_f32_to_f16(static_cast<float>(v)); break;
-    case 3: static_cast<uint16_t*>(p)[i] = d_f32_to_bf16(static_cast<float>(v)); break;
+    case 2: static_cast<uint16_t*>(p)[i] = f32_to_f16(static_cast<float>(v)); break;
+    case 3: static_cast<uint16_t*>(p)[i] = f32_to_bf16(static_cast<float>(v)); break;
     case 4: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
     case 5: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case 6: static_cast<int16_t*>(p)[i] = static_cast<int16_t>(v); break;
@@ -123,11 +73,11 @@ __device__ __forceinline__ void store_any(int d, void* p, int64_t i, double v) {
 
 __global__ void cast_kernel(const void* __restrict__ x, int xd, void* __restrict__ y, int yd, int64_t n) {  // [n] each
   if (xd == 2 && yd == 0) {  // the checkpoint-loading hot paths, as in the reference
-    MF_GRID_STRIDE(i, n) static_cast<float*>(y)[i] = d_f16_to_f32(static_cast<const uint16_t*>(x)[i]);
+    MF_GRID_STRIDE(i, n) static_cast<float*>(y)[i] = f16_to_f32(static_cast<const uint16_t*>(x)[i]);
     return;
   }
   if (xd == 3 && yd == 0) {
-    MF_GRID_STRIDE(i, n) static_cast<float*>(y)[i] = d_bf16_to_f32(static_cast<const uint16_t*>(x)[i]);
+    MF_GRID_STRIDE(i, n) static_cast<float*>(y)[i] = bf16_to_f32(static_cast<const uint16_t*>(x)[i]);
     return;
   }
   MF_GRID_STRIDE(i, n) store_any(yd, y, i, load_any(xd, x, i));
