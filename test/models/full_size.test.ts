@@ -76,8 +76,8 @@ describe('concurrent and non-blocking inference', () => {
 
   it('after the first call for a shape, predict() and features() take no memory from the system', async () => {
     const full = createModel('caformer_s18');
+    const x = Tensor.zeros([1, 3, 224, 224]);
     try {
-      const x = Tensor.zeros([1, 3, 224, 224]);
       const use = async () => {
         (await full.predict(x)).dispose();
         const f = await full.features(x, { stages: true });
@@ -90,9 +90,11 @@ describe('concurrent and non-blocking inference', () => {
       for (let i = 0; i < 3; ++i) await use();
       const after = memoryStats();
       expect(after.systemAllocs - before.systemAllocs).toBe(0);
-      expect(after.live).toBe(before.live);
+      // Nothing kept between calls (less is fine: the collector may free an earlier test's garbage).
+      expect(after.live).toBeLessThanOrEqual(before.live);
     } finally {
       full.dispose();
+      x.dispose();
     }
   }, 120_000);
 });
