@@ -122,10 +122,15 @@ function gemmCeiling(iters: number): number {
   return (2 * n ** 3) / best / 1e9;
 }
 
-/** Streaming bandwidth (GB/s) for a working set of `bytes`: axpy reads two arrays and writes one. */
+/**
+ * Streaming bandwidth (GB/s) for a working set of `bytes` (a kernel's minimum traffic: each array it
+ * reads or writes, once): axpy over two arrays of bytes / 8 floats each (reads both, writes one).
+ * The working sets match, so both sit in the same cache level (with bytes / 12 the reference's set was
+ * 2/3 of the kernel's, in L2 where the kernel's spilled to L3, and every memory-bound row looked worse).
+ */
 const bwCache = new Map<number, number>();
 function bandwidth(bytes: number, iters: number): number {
-  const n = Math.max(1024, Math.round(bytes / 12));
+  const n = Math.max(1024, Math.round(bytes / 8));
   const key = Math.round(Math.log2(n) * 4);
   if (!bwCache.has(key)) {
     const t = timeCase({ name: 'bw', op: 'axpy', dir: 0, ins: [[n]], outs: [[n]], attrs: [1e-3] }, Math.max(iters, 20));

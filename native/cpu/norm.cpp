@@ -58,6 +58,69 @@ void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, 
   }
 }
 
+// Lane q of the result = the sum of the 8 lanes of v[q] (8 horizontal sums at once).
+__attribute__((always_inline)) inline __m256 hsum8x8(const __m256 (&v)[8]) {
+  const __m256 a01 = _mm256_hadd_ps(v[0], v[1]), a23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 a45 = _mm256_hadd_ps(v[4], v[5]), a67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 b0 = _mm256_hadd_ps(a01, a23), b1 = _mm256_hadd_ps(a45, a67);  // [r0 r1 r2 r3 | r0 r1 r2 r3] halves
+  const __m256 lo = _mm256_permute2f128_ps(b0, b1, 0x20), hi = _mm256_permute2f128_ps(b0, b1, 0x31);
+  return _mm256_add_ps(lo, hi);
+}
+
+// Statistics of 8 rows of C at once: mean[q] and rstd[q] for rows x + q * C. Each row still sums in 8
+// float lanes, then in double (mean = sum / G, var = sum (x - mean)^2 / G); the lane sums of all 8 rows
+// are reduced together and the divisions and square roots run on vectors, so the 8 rows' dependency
+// chains (sum -> mean -> squared deviations -> rstd) overlap instead of running one after another.
+void rows8_stats(const float* x, int64_t C, double G, double eps, float* mean, float* rstd) {
+  const int64_t full = C / 8 * 8;
+  const __m256i mk = tail_mask(C - full);
+  const __m256 keep = _mm256_castsi256_ps(mk);
+  __m256 acc[8];
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; ++q) acc[q] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < full; c += 8) {
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) acc[q] = _mm256_add_ps(acc[q], _mm256_loadu_ps(x + q * C + c));
+  }
+  if (full < C) {
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) acc[q] = _mm256_add_ps(acc[q], _mm256_maskload_ps(x + q * C + full, mk));
+  }
+  const __m256 sums = hsum8x8(acc);
+  const __m256d vg = _mm256_set1_pd(G);
+  const __m256 mu = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sums, 1)), vg)),
+                                    _mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sums)), vg)));
+  alignas(32) float m8[8];
+  _mm256_store_ps(m8, mu);
+  __m256 mq[8];
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; ++q) {
+    acc[q] = _mm256_setzero_ps();
+    mq[q] = _mm256_set1_ps(m8[q]);
+  }
+  for (int64_t c = 0; c < full; c += 8) {
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + q * C + c), mq[q]);
+      acc[q] = _mm256_fmadd_ps(d, d, acc[q]);
+    }
+  }
+  if (full < C) {
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + q * C + full, mk), mq[q]), keep);
+      acc[q] = _mm256_fmadd_ps(d, d, acc[q]);
+    }
+  }
+  const __m256 sq = hsum8x8(acc);
+  const __m256d ve = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0);
+  auto rs4 = [&](__m128 v) { return _mm256_cvtpd_ps(_mm256_div_pd(one, _mm256_sqrt_pd(_mm256_add_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vg), ve)))); };
+  _mm_storeu_ps(mean, _mm256_castps256_ps128(mu));
+  _mm_storeu_ps(mean + 4, _mm256_extractf128_ps(mu, 1));
+  _mm_storeu_ps(rstd, rs4(_mm256_castps256_ps128(sq)));
+  _mm_storeu_ps(rstd + 4, rs4(_mm256_extractf128_ps(sq, 1)));
+}
+
 // The backward's first pass over R consecutive rows of C (row q with its own mean[q] / rstd[q]):
 // g = dy * w; sg[q] = sum g, sgx[q] = sum g * xhat (8 float lanes, then across lanes); dw[c] += sum_q
 // dy * xhat, db[c] += sum_q dy, one update per 8 channels. R = 4 lets independent rows overlap.
@@ -181,23 +244,19 @@ void layernorm_fwd(const OpArgs& a) {
   const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
   if (g.rows_per_group == 1) {  // LayerNorm over channels: statistics and normalisation in one pass per row
     double eps = a.attr[0];
-    // Rows in groups of kRowBlock: each row is a chain of dependent reductions, divisions and a square
-    // root; interleaving independent rows lets them overlap (one row at a time was latency-bound).
-    constexpr int64_t kRowBlock = 4;
+    // Rows in blocks of 8 whose statistics are formed together (rows8_stats); the rest one at a time.
     parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; r += kRowBlock) {
-        const int64_t nb = std::min(kRowBlock, r1 - r);
-        float mu[kRowBlock] = {}, rs[kRowBlock] = {};
-        double v[kRowBlock] = {};
-        for (int64_t q = 0; q < nb; ++q)
-          mu[q] = static_cast<float>(static_cast<double>(row_sum(X + (r + q) * g.C, g.C)) / static_cast<double>(g.G));
-        for (int64_t q = 0; q < nb; ++q) v[q] = row_sqdev(X + (r + q) * g.C, g.C, mu[q]);
-        for (int64_t q = 0; q < nb; ++q) {
-          rs[q] = static_cast<float>(1.0 / std::sqrt(v[q] / static_cast<double>(g.G) + eps));
-          mean[r + q] = mu[q];
-          rstd[r + q] = rs[q];
-        }
-        for (int64_t q = 0; q < nb; ++q) row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mu[q], rs[q], W, B);
+      int64_t r = r0;
+      for (; r + 8 <= r1; r += 8) {
+        rows8_stats(X + r * g.C, g.C, static_cast<double>(g.G), eps, mean + r, rstd + r);
+        for (int64_t q = 0; q < 8; ++q) row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mean[r + q], rstd[r + q], W, B);
+      }
+      for (; r < r1; ++r) {
+        const float mu = static_cast<float>(static_cast<double>(row_sum(X + r * g.C, g.C)) / static_cast<double>(g.G));
+        const double v = row_sqdev(X + r * g.C, g.C, mu);
+        mean[r] = mu;
+        rstd[r] = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
+        row_normalize(X + r * g.C, Y + r * g.C, g.C, mu, rstd[r], W, B);
       }
     });
     return;

@@ -92,17 +92,18 @@ function cases(): Case[] {
     [2, 13, 9, 33, 7, true], [1, 14, 14, 128, 7, false], [1, 6, 7, 16, 3, true], [1, 5, 4, 9, 5, false]] as const) {
     dwconv(B, H, W, C, k, bias);
   }
+  const layernorm = (B: number, H: number, W: number, C: number, over: 'c' | 'hwc', hasW: boolean, hasB: boolean) => {
+    const x = rnd([B, H, W, C], 2), w = hasW ? rnd([C]) : null, b = hasB ? rnd([C]) : null;
+    const group = over === 'c' ? C : H * W * C, rows = (B * H * W * C) / group;
+    const mean = Tensor.empty([rows]), rstd = Tensor.empty([rows]);
+    addon.run(OP.layernorm, 0, BACKEND_ID.ref, [x._h, w?._h ?? null, b?._h ?? null], [Tensor.empty(x.shape)._h, mean._h, rstd._h], [1e-6, group]);
+    both(`layernorm ${over} [${B},${H},${W},${C}] w${+hasW} b${+hasB}`, 'layernorm',
+      { ins: [x, w, b], outs: [nanOut([B, H, W, C]), nanOut([rows]), nanOut([rows])], attrs: [1e-6, group] },
+      { ins: [rnd([B, H, W, C]), x, w, mean, rstd], outs: [nanOut([B, H, W, C]), hasW ? accOut([C]) : null, hasB ? accOut([C]) : null], attrs: [1e-6, group] });
+  };
   for (const [B, H, W, C] of [[1, 1, 1, 1], [2, 7, 5, 9], [2, 3, 3, 17], [1, 4, 4, 64], [3, 2, 5, 31]] as const) {
     for (const over of ['c', 'hwc'] as const) {
-      for (const [hasW, hasB] of [[true, false], [true, true], [false, false]] as const) {
-        const x = rnd([B, H, W, C], 2), w = hasW ? rnd([C]) : null, b = hasB ? rnd([C]) : null;
-        const group = over === 'c' ? C : H * W * C, rows = (B * H * W * C) / group;
-        const mean = Tensor.empty([rows]), rstd = Tensor.empty([rows]);
-        addon.run(OP.layernorm, 0, BACKEND_ID.ref, [x._h, w?._h ?? null, b?._h ?? null], [Tensor.empty(x.shape)._h, mean._h, rstd._h], [1e-6, group]);
-        both(`layernorm ${over} [${B},${H},${W},${C}] w${+hasW} b${+hasB}`, 'layernorm',
-          { ins: [x, w, b], outs: [nanOut([B, H, W, C]), nanOut([rows]), nanOut([rows])], attrs: [1e-6, group] },
-          { ins: [rnd([B, H, W, C]), x, w, mean, rstd], outs: [nanOut([B, H, W, C]), hasW ? accOut([C]) : null, hasB ? accOut([C]) : null], attrs: [1e-6, group] });
-      }
+      for (const [hasW, hasB] of [[true, false], [true, true], [false, false]] as const) layernorm(B, H, W, C, over, hasW, hasB);
     }
   }
   for (const [shape, params] of [[[1], true], [[7, 9], true], [[2, 17, 33], false], [[4, 8, 8, 16], true]] as const) {
@@ -197,6 +198,9 @@ function cases(): Case[] {
   for (const [B, N, heads, hd] of [[3, 4, 5, 32], [2, 31, 2, 16], [1, 32, 3, 64], [2, 16, 2, 32], [1, 33, 2, 32], [4, 1, 2, 64]] as const) {
     attention(B, N, heads, hd);
   }
+  // Layer norm over channels narrower than a vector, in blocks of 8 rows and a remainder (R = 27).
+  layernorm(3, 3, 3, 5, 'c', true, true);
+  layernorm(1, 2, 4, 3, 'c', false, false);
   // Partial gradient requests (frozen weights, inputs without grad): every backward case with several
   // outputs again with only one of them requested, so no kernel touches an output it was not given.
   for (const c of out.filter((k) => k.dir === 1 && k.outs.filter((o) => o).length > 1)) {
