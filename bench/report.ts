@@ -30,8 +30,9 @@ export function machineLine(m: MachineInfo, when = new Date()): string {
 export function kernelsMarkdown(r: KernelResults, m: MachineInfo): string {
   const lines = [`## Kernels (batch 1, MetaFormer-S18 shapes, fp32, cpu backend)`, '', `Measured ${machineLine(m)}. ` +
     `GEMM ceiling: oneDNN 1024³ matmul, ${fmt(r.gemmCeiling, 1)} GFLOP/s. Memory ceiling: a streaming kernel ` +
-    `(axpy) over the same working-set size. Each row: the median of at least ~150 ms of runs. PyTorch 1.13 ` +
-    `(2 threads) runs before and after ours; each of its kernels keeps the faster of the two medians.`, '',
+    `(axpy) over the same working-set size. Each row: the best of three medians (three rounds over all rows, ` +
+    `each median over at least ~60 ms of runs). PyTorch 1.13 (2 threads) runs before and after ours; each of its kernels ` +
+    `keeps the faster of the two medians.`, '',
     '| kernel | median ms | achieved | ceiling | % of ceiling | PyTorch ms | PyTorch / ours |', '|---|---|---|---|---|---|---|'];
   for (const k of r.rows) {
     lines.push(`| ${k.name} | ${fmt(k.ms, 3)} | ${k.rate} | ${k.ceiling} | ${(100 * k.efficiency).toFixed(0)}% | ` +
