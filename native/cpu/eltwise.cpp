@@ -118,15 +118,21 @@ void scale_add_fwd(const OpArgs& a) {
 }
 
 // acc[c] += (double) a[c] * b[c] for c < n (the products are exact in double).
+// acc[c] += sum_{q < R} a[q * n + c] * b[q * n + c] for R consecutive rows, each product exact in double
+// and added in row order (the same roundings as one row at a time); acc is read and written once per
+// block of rows (row by row, the read-modify-write of acc was a store-forwarding chain: half the time).
+template <int R>
 void accumulate_products(double* acc, const float* a, const float* b, int64_t n) {
   int64_t c = 0;
   for (; c + 8 <= n; c += 8) {
     __m256d lo = _mm256_loadu_pd(acc + c), hi = _mm256_loadu_pd(acc + c + 4);
-    add_products_widened(lo, hi, _mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+#pragma GCC unroll 4
+    for (int q = 0; q < R; ++q) add_products_widened(lo, hi, _mm256_loadu_ps(a + q * n + c), _mm256_loadu_ps(b + q * n + c));
     _mm256_storeu_pd(acc + c, lo);
     _mm256_storeu_pd(acc + c + 4, hi);
   }
-  for (; c < n; ++c) acc[c] += static_cast<double>(a[c]) * b[c];
+  for (; c < n; ++c)
+    for (int q = 0; q < R; ++q) acc[c] += static_cast<double>(a[q * n + c]) * b[q * n + c];
 }
 
 void scale_add_bwd(const OpArgs& a) {
@@ -139,8 +145,13 @@ void scale_add_bwd(const OpArgs& a) {
   std::vector<double> part(DS ? static_cast<size_t>(nt * C) : 0, 0.0);
   parallel_for(rows, std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
     double* ds = DS ? part.data() + omp_get_thread_num() * C : nullptr;
+    if (ds) {
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4) accumulate_products<4>(ds, DY + r * C, X + r * C, C);
+      for (; r < r1; ++r) accumulate_products<1>(ds, DY + r * C, X + r * C, C);
+    }
     for (int64_t r = r0; r < r1; ++r) {
-      const float *dy = DY + r * C, *xr = X + r * C;
+      const float* dy = DY + r * C;
       if (DX) {
         float* dx = DX + r * C;
         if (S)
@@ -149,7 +160,6 @@ void scale_add_bwd(const OpArgs& a) {
           std::memcpy(dx, dy, sizeof(float) * static_cast<size_t>(C));
       }
       if (DR) std::memcpy(DR + r * C, dy, sizeof(float) * static_cast<size_t>(C));
-      if (ds) accumulate_products(ds, dy, xr, C);
     }
   });
   if (DS)
