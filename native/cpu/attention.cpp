@@ -12,27 +12,33 @@
 
 namespace mf::cpu {
 
-// Softmax of one row of n in place; returns its log-sum-exp.
+// Softmax of row[0, n) in place; returns its log-sum-exp. All-vector: the last partial vector is
+// loaded and stored masked (nothing past n is read or written), its padding lanes kept out of the
+// maximum and the sum.
 float softmax_row(float* row, int64_t n) {
-  int64_t j = 0;
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  for (; j + 8 <= n; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
-  float mx = hmax(vmax);
-  for (; j < n; ++j) mx = std::max(mx, row[j]);
-  __m256 vm = _mm256_set1_ps(mx), vsum = _mm256_setzero_ps();
-  for (j = 0; j + 8 <= n; j += 8) {
-    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+  const int64_t full = n / 8 * 8;
+  const __m256i mk = tail_mask(n - full);
+  const __m256 keep = _mm256_castsi256_ps(mk), ninf = _mm256_set1_ps(-INFINITY);
+  __m256 vmax = ninf;
+  for (int64_t j = 0; j < full; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+  if (full < n) vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(ninf, _mm256_maskload_ps(row + full, mk), keep));
+  const float mx = hmax(vmax);
+  const __m256 vm = _mm256_set1_ps(mx);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < full; j += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
     _mm256_storeu_ps(row + j, e);
     vsum = _mm256_add_ps(vsum, e);
   }
-  float sum = hsum(vsum);
-  for (; j < n; ++j) {
-    row[j] = std::exp(row[j] - mx);
-    sum += row[j];
+  if (full < n) {
+    const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(row + full, mk), vm)), keep);
+    _mm256_maskstore_ps(row + full, mk, e);
+    vsum = _mm256_add_ps(vsum, e);
   }
-  __m256 inv = _mm256_set1_ps(1.0f / sum);
-  for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), inv));
-  for (; j < n; ++j) row[j] /= sum;
+  const float sum = hsum(vsum);
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  for (int64_t j = 0; j < full; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), inv));
+  if (full < n) _mm256_maskstore_ps(row + full, mk, _mm256_mul_ps(_mm256_maskload_ps(row + full, mk), inv));
   return mx + std::log(sum);
 }
 
@@ -97,29 +103,6 @@ void gemm_apply(const Geom& g, int64_t nb, const float* P, bool transP, const fl
   gemm(s, P, Y, C);
 }
 
-// Softmax in place of row[0, n) with all-vector loops: the last partial vector's lanes past n are
-// masked (the row must have room for n rounded up to 8). Returns the log-sum-exp.
-float softmax_padded(float* row, int64_t n) {
-  const int64_t full = n / 8 * 8, n8 = (n + 7) / 8 * 8;
-  const __m256 tail = _mm256_castsi256_ps(tail_mask(n - full)), ninf = _mm256_set1_ps(-INFINITY);
-  if (full < n8) _mm256_storeu_ps(row + full, _mm256_blendv_ps(ninf, _mm256_loadu_ps(row + full), tail));
-  __m256 vmax = ninf;
-  for (int64_t j = 0; j < n8; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
-  const float mx = hmax(vmax);
-  const __m256 vm = _mm256_set1_ps(mx);
-  __m256 vsum = _mm256_setzero_ps();
-  for (int64_t j = 0; j < n8; j += 8) {
-    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
-    if (j == full) e = _mm256_and_ps(e, tail);  // exp256 clamps -inf to ~1e-38: make it 0
-    _mm256_storeu_ps(row + j, e);
-    vsum = _mm256_add_ps(vsum, e);
-  }
-  const float sum = hsum(vsum);
-  const __m256 inv = _mm256_set1_ps(1.0f / sum);
-  for (int64_t j = 0; j < n8; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), inv));
-  return mx + std::log(sum);
-}
-
 // Few tokens (N <= kFusedMaxTokens, e.g. the last stages when training at 28x28): one fused kernel per
 // (image, head) for head_dim = 8 * NV (16, 32, 64). The batched library GEMMs cost more per head than
 // the arithmetic there (measured: N = 4, 128 images: 0.58 -> 0.20 ms; N = 16: 1.5-2.8x), while from
@@ -171,7 +154,7 @@ void attention_fused(const Geom& g, const float* QKV, float* O, float* LSE) {
         }
       }
       for (int64_t i = 0; i < g.N; ++i) {
-        const float l = softmax_padded(S.get() + i * Np, g.N);
+        const float l = softmax_row(S.get() + i * Np, g.N);
         if (LSE) LSE[bh * g.N + i] = l;
       }
       const float* V = base + 2 * g.A;
