@@ -1,5 +1,6 @@
 // cpu/attention.cpp: multi-head self-attention on a packed qkv [B, N, 3A] (q|k|v, head, head_dim).
-// Images x heads form a batch of GEMMs on oneDNN over strided views of qkv (no copies):
+// Forward, N <= kFusedMaxTokens and head_dim 16/32/64: one fused kernel per head (attention_fused).
+// Otherwise images x heads form a batch of GEMMs on oneDNN over strided views of qkv (no copies):
 //   S = scale Q K^T  ->  P = softmax(S) in place (lse kept for backward)  ->  O = P V
 // Backward recomputes P from lse:  dV = P^T dO,  dP = dO V^T,  dS = P (dP - rowsum(dO o O)),
 //   dQ = scale dS K,  dK = scale dS^T Q.

@@ -18,7 +18,7 @@ namespace {
 
 constexpr int64_t CB = 16;  // channels per block (two AVX2 vectors)
 
-// Output rows are computed in tiles of TW = 7 or 8 pixels (whichever wastes less of the row); the
+// Output rows are computed in tiles of 7 or 8 pixels (tile_width: whichever wastes less of the row); the
 // scratch rows are padded to whole tiles, so the last tile of a row reads zeros, not out of bounds.
 // The weight gradient takes up to JMAX kernel columns at a time (JMAX accumulators in registers).
 constexpr int JMAX = 7;
