@@ -22,5 +22,5 @@ export { classify, type ClassifyOptions, type ClassifyInput, type Prediction } f
 export { imagenetLabels, type ClassLabel, type LabelSet } from './labels.js';
 export * as train from './train/index.js';
 export { exportOnnx, toOnnxBytes, type OnnxExportOptions } from './io/onnx.js';
-export { compilePlan, type CompiledPlan, type StepTime } from './plan.js';
+export { bf16Native, compilePlan, type CompiledPlan, type Precision, type StepTime } from './plan.js';
 export { profileOps } from './backend.js';

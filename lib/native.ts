@@ -38,6 +38,8 @@ export interface CudaInfo {
 
 export interface PlanSpec {
   backend: number;
+  /** 0 float32 GEMMs (default), 1 bf16 GEMMs (cpu backend only). */
+  precision?: number;
   slots: { dtype: number; shape: number[] }[];
   consts: NativeTensorHandle[];
   inputs: number[];
@@ -68,7 +70,7 @@ export interface Addon {
   memoryStats(): { live: number; peak: number; cached: number; gcTracked: number; systemAllocs: number };
   resetPeak(): void;
   trimCache(): void;
-  buildInfo(): { cuda: boolean; openmp: number; procs: number };
+  buildInfo(): { cuda: boolean; openmp: number; procs: number; bf16Native: boolean };
   cudaInfo(): CudaInfo;
   /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
   cudaSynchronize(): void;

@@ -13,8 +13,39 @@ import { type Trace, traced, type TracedStep } from './trace.js';
 /** Outputs an op may leave absent (statistics that only backward needs). */
 const OPTIONAL_OUTPUTS: Partial<Record<OpName, number[]>> = { layernorm: [1, 2], attention: [1] };
 
+/**
+ * Precision of a plan's matrix products (linear layers, convolutions, attention, random mixing):
+ * 'float32', or 'bf16' (both operands rounded to bfloat16, float32 accumulation and output; every other
+ * op stays float32). bf16 runs oneDNN's bf16 kernels on CPUs that have them (AVX512-BF16, AMX; see
+ * bf16Native()) and is emulated elsewhere: the same rounding on the float32 kernels, slower than float32.
+ */
+export type Precision = 'float32' | 'bf16';
+
+const PRECISION_CODE: Record<Precision, number> = { float32: 0, bf16: 1 };
+
+/** Checks a precision option (throws a TypeError naming the bad value). */
+export function checkPrecision(p: unknown, name = 'precision'): Precision {
+  if (p === 'float32' || p === 'bf16') return p;
+  throw new TypeError(expectation("'float32' or 'bf16'", name, p));
+}
+
+/** Whether this CPU runs bf16 matrix products natively (oneDNN with AVX512-BF16 or AMX). */
+export function bf16Native(): boolean {
+  return addon.buildInfo().bf16Native;
+}
+
+let bf16Noticed = false;
+
+/** Prints once per process that bf16 is emulated on this CPU (a one-line notice on stderr). */
+export function noticeBf16Emulation(): void {
+  if (bf16Noticed || bf16Native()) return;
+  bf16Noticed = true;
+  process.stderr.write("metaformer: precision 'bf16' is emulated on this CPU (no AVX512-BF16/AMX): bf16 rounding, float32 speed or slower\n");
+}
+
 export interface CompiledPlan {
   readonly inputShape: readonly number[];
+  readonly precision: Precision;
   readonly outputShapes: readonly (readonly number[])[];
   readonly arenaBytes: number;
   readonly steps: number;
@@ -39,7 +70,11 @@ export interface StepTime {
  * inputs of `inputShape`.
  */
 export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: readonly number[],
-  backend: BackendName = 'cpu', opts: { fuse?: boolean } = {}): CompiledPlan {
+  backend: BackendName = 'cpu', opts: { fuse?: boolean; precision?: Precision } = {}): CompiledPlan {
+  const precision = checkPrecision(opts.precision ?? 'float32', 'compilePlan precision');
+  if (precision === 'bf16' && backend !== 'cpu') {
+    throw new TypeError(expectation("the 'cpu' backend for precision 'bf16'", 'compilePlan backend', backend));
+  }
   const { trace, result, input } = noGrad(() => {
     let inp: Tensor | null = null;
     const r = traced(() => {
@@ -51,7 +86,7 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
   const outputs = Array.isArray(result) ? result : [result];
   try {
     if (opts.fuse ?? true) fuse(trace, outputs);
-    return build(trace, input, outputs, backend);
+    return build(trace, input, outputs, backend, precision);
   } finally {
     for (const t of trace.created) t.dispose();
   }
@@ -153,7 +188,7 @@ export function stepMacs(s: TracedStep): number {
   }
 }
 
-function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendName): CompiledPlan {
+function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendName, precision: Precision): CompiledPlan {
   const slotOf = new Map<Tensor, number>();
   const slots: PlanSpec['slots'] = [];
   const consts: Tensor[] = [];
@@ -212,6 +247,7 @@ function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendN
   const outputSlots = outRoots.map(slot);
   const spec: PlanSpec = {
     backend: BACKEND_ID[backend],
+    precision: PRECISION_CODE[precision],
     slots,
     consts: consts.map((t) => t._h),
     inputs: [inputSlot],
@@ -244,6 +280,7 @@ function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendN
 
   return {
     inputShape,
+    precision,
     outputShapes: finalShapes,
     arenaBytes: plan.arenaBytes,
     steps: steps.length,

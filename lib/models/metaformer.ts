@@ -9,7 +9,7 @@ import { noGrad } from '../autograd/node.js';
 import * as L from '../nn/layers.js';
 import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
-import { compilePlan, type CompiledPlan } from '../plan.js';
+import { checkPrecision, compilePlan, type CompiledPlan, noticeBf16Emulation, type Precision } from '../plan.js';
 import { type DeviceOption } from '../device.js';
 import { expectation, Tensor, tidy } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
@@ -39,6 +39,12 @@ export interface ModelOptions {
    * 'auto' ('cuda' when available, else 'cpu' with a one-line notice). Same as calling model.to(device).
    */
   device?: DeviceOption;
+  /**
+   * Precision of predict() and features(): 'float32' (default) or 'bf16' (matrix products with bfloat16
+   * operands and float32 accumulation, the rest float32; CPU only; emulated, with a one-line notice,
+   * on CPUs without AVX512-BF16/AMX). Same as setting model.precision.
+   */
+  precision?: Precision;
 }
 
 export interface FeatureOutput {
@@ -125,9 +131,11 @@ export class MetaFormer extends Module {
   readonly norm: L.LayerNorm;
   head: Module;
   private readonly plans = new Map<string, CompiledPlan>();
+  private precision_: Precision = 'float32';
 
   constructor(config: ModelConfig, opts: ModelOptions = {}) {
     super();
+    if (opts.precision !== undefined) this.precision = opts.precision;
     const c = (this.config = { ...config, numClasses: opts.numClasses ?? config.numClasses });
     const dpr = opts.dropPathRate ?? 0;
     if (!(dpr >= 0 && dpr < 1)) throw new RangeError(expectation('a number in [0, 1)', 'dropPathRate', dpr));
@@ -201,6 +209,14 @@ export class MetaFormer extends Module {
     return this.config.numClasses;
   }
 
+  /** predict()/features(): the input, and a precision the model's device runs. */
+  private checkInference(x: Tensor, where: string): void {
+    this.checkInput(x, where);
+    if (this.precision_ !== 'float32' && this.device !== 'cpu') {
+      throw new TypeError(`${where}: precision '${this.precision_}' runs on the CPU only; set model.precision = 'float32' on '${this.device}'`);
+    }
+  }
+
   private checkInput(x: Tensor, where: string): void {
     if (!(x instanceof Tensor)) throw new TypeError(`${where}: ${expectation('a Tensor', 'input', x)}`);
     if (x.ndim !== 4 || x.shape[1] !== 3) {
@@ -244,9 +260,20 @@ export class MetaFormer extends Module {
     return opts.stages ? { features, stages } : { features };
   }
 
-  /** The compiled inference plan for this input shape and output kind (cached). */
-  plan(shape: readonly number[], kind: 'logits' | 'features' = 'logits'): CompiledPlan {
-    const key = `${kind}:${shape.join('x')}`;
+  /** Precision of predict() and features() (see ModelOptions.precision); plans are kept per precision. */
+  get precision(): Precision {
+    return this.precision_;
+  }
+
+  set precision(p: Precision) {
+    this.precision_ = checkPrecision(p);
+    if (p === 'bf16') noticeBf16Emulation();
+  }
+
+  /** The compiled inference plan for this input shape, output kind and precision (cached). */
+  plan(shape: readonly number[], kind: 'logits' | 'features' = 'logits', precision: Precision = this.precision_): CompiledPlan {
+    checkPrecision(precision);
+    const key = `${kind}:${precision}:${shape.join('x')}`;
     let p = this.plans.get(key);
     if (!p) {
       const wasTraining = this.training;
@@ -256,7 +283,7 @@ export class MetaFormer extends Module {
           const stages = this.runStages(x);
           const features = this.norm.forward(meanHW(stages[3]!));
           return kind === 'logits' ? this.head.forward(features) : [features, ...stages];
-        }, shape);
+        }, shape, 'cpu', { precision });
       } finally {
         this.train(wasTraining);
       }
@@ -271,14 +298,14 @@ export class MetaFormer extends Module {
    * needed) and the logits stay on the device.
    */
   async predict(x: Tensor): Promise<Tensor> {
-    this.checkInput(x, 'predict');
+    this.checkInference(x, 'predict');
     if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
     const [logits] = await this.plan(x.shape).run(x);
     return logits!;
   }
 
   predictSync(x: Tensor): Tensor {
-    this.checkInput(x, 'predict');
+    this.checkInference(x, 'predict');
     if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
     return noGrad(() => this.plan(x.shape).runSync(x)[0]!);
   }
@@ -299,7 +326,7 @@ export class MetaFormer extends Module {
    * [B, H/8, W/8, C1], [B, H/16, W/16, C2], [B, H/32, W/32, C3] (channels-last), off the main thread.
    */
   async features(x: Tensor, opts: { stages?: boolean } = {}): Promise<FeatureOutput> {
-    this.checkInput(x, 'features');
+    this.checkInference(x, 'features');
     const [features, ...stages] = this.device !== 'cpu'
       ? this.eagerInference(x, (t) => {
         const maps = this.runStages(t);

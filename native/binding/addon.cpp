@@ -4,6 +4,7 @@
 
 #include "../core/memory.h"
 #include "../core/threading.h"
+#include "../cpu/gemm.h"
 #include "common.h"
 #include "plan.h"
 #include "tensor_wrap.h"
@@ -131,6 +132,7 @@ static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
 #endif
   o.Set("openmp", Napi::Number::New(env, _OPENMP));
   o.Set("procs", Napi::Number::New(env, omp_get_num_procs()));
+  o.Set("bf16Native", Napi::Boolean::New(env, cpu::bf16_native()));
   return o;
 }
 

@@ -29,6 +29,7 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
     }
     return v;
   };
+  PrecisionScope precision_scope(precision);
   for (const PlanStep& s : steps) {
     args.n_in = static_cast<int>(s.ins.size());
     args.n_out = static_cast<int>(s.outs.size());
@@ -87,6 +88,15 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
   Napi::Object spec = info[0].As<Napi::Object>();
   auto d = std::make_shared<PlanData>();
   d->be = &backend_by_id(env, get_int(env, spec, "backend"));
+  Napi::Value prec = spec.Get("precision");
+  if (!prec.IsUndefined()) {
+    int64_t p = to_int(env, prec, "a precision code");
+    if (p != static_cast<int64_t>(Precision::f32) && p != static_cast<int64_t>(Precision::bf16))
+      throw Napi::RangeError::New(env, "Plan: expected a precision code (0: float32, 1: bf16) but received " + std::to_string(p));
+    d->precision = static_cast<Precision>(p);
+    if (d->precision == Precision::bf16 && d->be != &cpu_backend())
+      throw Napi::TypeError::New(env, std::string("Plan: bf16 precision needs the cpu backend, not ") + d->be->name);
+  }
 
   Napi::Array consts = get_array(env, spec, "consts");
   std::vector<TensorView> const_meta;

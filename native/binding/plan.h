@@ -3,8 +3,9 @@
 // runs the whole list natively (synchronously or on a worker thread) with no JS per layer.
 //
 // Spec (from JS):
-//   { backend, slots: [{dtype, shape}], consts: [NativeTensor], inputs: [slot], outputs: [slot],
+//   { backend, precision?, slots: [{dtype, shape}], consts: [NativeTensor], inputs: [slot], outputs: [slot],
 //     steps: [{op, dir, ins: [ref], outs: [ref], attrs: [number]}] }
+//   precision: 0 float32 (default), 1 bf16 GEMMs (cpu backend only; see core/backend.h Precision)
 //   ref >= 0: a slot;  ref == -1: absent;  ref <= -2: consts[-2 - ref]
 // Input and output slots are bound to the caller's tensors at run time (no copies); the others live in
 // the arena, which is allocated once per plan and reused by every run.
@@ -34,6 +35,7 @@ struct PlanStep {
 
 struct PlanData {
   const Backend* be = nullptr;
+  Precision precision = Precision::f32;
   std::vector<PlanStep> steps;
   std::vector<Storage*> consts;
   std::vector<TensorView> bound_meta;  // inputs then outputs

@@ -60,6 +60,24 @@ void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args);
 // Validation only (also used by the plan compiler).
 void check_op(OpId op, Dir dir, const OpArgs& args);
 
+// Precision of the matrix products (the GEMMs inside linear, fused_linear, conv2d, attention and
+// random_mixing) that the calling thread runs. bf16: both operands rounded to bfloat16, float32
+// accumulation, bias, epilogue and output (honoured by the cpu backend, see cpu/gemm.h; the other
+// backends run float32). Every other kernel stays float32. Plans set it around their steps.
+enum class Precision : int32_t { f32 = 0, bf16 = 1 };
+Precision gemm_precision();
+
+class PrecisionScope {
+ public:
+  explicit PrecisionScope(Precision p);
+  ~PrecisionScope();
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+
+ private:
+  Precision prev_;
+};
+
 }  // namespace mf
 
 namespace mf {

@@ -582,6 +582,14 @@ static void check_devices(const Backend& be, OpId op, const OpArgs& a) {
   }
 }
 
+namespace {
+thread_local Precision t_precision = Precision::f32;
+}
+
+Precision gemm_precision() { return t_precision; }
+PrecisionScope::PrecisionScope(Precision p) : prev_(t_precision) { t_precision = p; }
+PrecisionScope::~PrecisionScope() { t_precision = prev_; }
+
 void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args) {
   check_devices(be, op, args);
   check_op(op, dir, args);

@@ -6,12 +6,17 @@
 #include <signal.h>
 
 #include <array>
+#include <cstdlib>
+#include <memory>
 #include <cstring>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
 
 #include "../core/check.h"
+#include "../core/memory.h"
+#include "../core/numeric.h"
+#include "../core/threading.h"
 
 namespace mf::cpu {
 namespace {
@@ -19,9 +24,9 @@ namespace {
 // The cache key lists every field of GemmShape explicitly (no padding bytes in the comparison).
 struct Key {
   std::array<int64_t, 24> v;
-  explicit Key(const GemmShape& s)
+  Key(const GemmShape& s, Precision p)
       : v{s.batch[0], s.batch[1], s.M, s.N, s.K, s.a_b[0], s.a_b[1], s.a_m, s.a_k, s.b_b[0], s.b_b[1], s.b_k,
-          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, s.act, 0, 0, 0} {
+          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, s.act, 0, 0, static_cast<int64_t>(p)} {
     v[19] = bits(s.alpha);
     v[21] = bits(s.act_s);
     v[22] = bits(s.act_b);
@@ -42,9 +47,21 @@ struct KeyHash {
   }
 };
 
+// Where bf16 mode copies an operand [batch0][batch1][rows][cols]: densely, in the operand's own
+// memory order (the dimension with the smaller stride stays innermost); a batch dimension the operand
+// does not vary along (stride 0) stays shared.
+struct Dense {
+  int64_t b[2] = {0, 0}, rs = 0, cs = 0;  // element strides of the copy
+  int64_t size = 0;                      // elements
+};
+
 struct Entry {
   dnnl::matmul prim;
   dnnl::memory::desc a, b, c, bias;
+  // bf16 mode: the layouts of the copies of A and B, and whether they hold bf16 values in float32
+  // (no bf16 matmul on this CPU) rather than bf16.
+  Dense da, db;
+  bool rounded = false;
 };
 
 struct State {
@@ -63,7 +80,8 @@ using dims = dnnl::memory::dims;
 
 int nbatch(const GemmShape& s) { return s.batch[1] > 1 ? 2 : (s.batch[0] > 1 ? 1 : 0); }
 
-dnnl::memory::desc md(const GemmShape& s, int64_t r, int64_t c, const int64_t* bs, int64_t rs, int64_t cs) {
+dnnl::memory::desc md(const GemmShape& s, int64_t r, int64_t c, const int64_t* bs, int64_t rs, int64_t cs,
+                      dnnl::memory::data_type dt = dnnl::memory::data_type::f32) {
   int nb = nbatch(s);
   dims d, st;
   for (int i = 0; i < nb; ++i) {
@@ -74,28 +92,27 @@ dnnl::memory::desc md(const GemmShape& s, int64_t r, int64_t c, const int64_t* b
   d.push_back(c);
   st.push_back(rs);
   st.push_back(cs);
-  return dnnl::memory::desc(d, dnnl::memory::data_type::f32, st);
+  return dnnl::memory::desc(d, dt, st);
 }
 
-Entry& lookup(const GemmShape& s) {
-  State& st = state();
-  Key key(s);
-  auto it = st.cache.find(key);
-  if (it != st.cache.end()) return it->second;
-  Entry e;
-  e.a = md(s, s.M, s.K, s.a_b, s.a_m, s.a_k);
-  e.b = md(s, s.K, s.N, s.b_b, s.b_k, s.b_n);
-  e.c = md(s, s.M, s.N, s.c_b, s.c_m, s.c_n);
-  if (s.bias) {
-    int nb = nbatch(s);
-    dims d(static_cast<size_t>(nb) + 2, 1);
-    d.back() = s.N;
-    e.bias = dnnl::memory::desc(d, dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
-    dims strides(d.size(), 0);
-    strides.back() = 1;
-    for (int i = static_cast<int>(d.size()) - 2; i >= 0; --i) strides[static_cast<size_t>(i)] = s.N;
-    e.bias = dnnl::memory::desc(d, dnnl::memory::data_type::f32, strides);
+Dense dense_layout(const GemmShape& s, int64_t rows, int64_t cols, const int64_t* bs, int64_t rs, int64_t cs) {
+  Dense d;
+  bool col_major = std::llabs(rs) < std::llabs(cs);
+  d.rs = col_major ? 1 : cols;
+  d.cs = col_major ? rows : 1;
+  int64_t n = rows * cols;
+  for (int i = 1; i >= 0; --i) {
+    if (s.batch[i] > 1 && bs[i] != 0) {
+      d.b[i] = n;
+      n *= s.batch[i];
+    }
   }
+  d.size = n;
+  return d;
+}
+
+// Primitive descriptor of the matmul for e's descriptors (shared by both precisions).
+dnnl::matmul::primitive_desc make_pd(const GemmShape& s, const Entry& e, const dnnl::engine& eng) {
   dnnl::primitive_attr attr;
   dnnl::post_ops po;
   if (s.act != 0) {
@@ -107,10 +124,90 @@ Entry& lookup(const GemmShape& s) {
   attr.set_post_ops(po);
   if (s.alpha != 1.0f) attr.set_output_scales(0, {s.alpha});
   dnnl::matmul::desc d = s.bias ? dnnl::matmul::desc(e.a, e.b, e.bias, e.c) : dnnl::matmul::desc(e.a, e.b, e.c);
-  dnnl::matmul::primitive_desc pd(d, attr, st.eng);
-  e.prim = dnnl::matmul(pd);
+  return dnnl::matmul::primitive_desc(d, attr, eng);
+}
+
+Entry& lookup(const GemmShape& s, Precision p) {
+  State& st = state();
+  Key key(s, p);
+  auto it = st.cache.find(key);
+  if (it != st.cache.end()) return it->second;
+  Entry e;
+  if (p == Precision::f32) {
+    e.a = md(s, s.M, s.K, s.a_b, s.a_m, s.a_k);
+    e.b = md(s, s.K, s.N, s.b_b, s.b_k, s.b_n);
+  } else {
+    e.da = dense_layout(s, s.M, s.K, s.a_b, s.a_m, s.a_k);
+    e.db = dense_layout(s, s.K, s.N, s.b_b, s.b_k, s.b_n);
+  }
+  e.c = md(s, s.M, s.N, s.c_b, s.c_m, s.c_n);
+  if (s.bias) {
+    int nb = nbatch(s);
+    dims d(static_cast<size_t>(nb) + 2, 1);
+    d.back() = s.N;
+    e.bias = dnnl::memory::desc(d, dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
+    dims strides(d.size(), 0);
+    strides.back() = 1;
+    for (int i = static_cast<int>(d.size()) - 2; i >= 0; --i) strides[static_cast<size_t>(i)] = s.N;
+    e.bias = dnnl::memory::desc(d, dnnl::memory::data_type::f32, strides);
+  }
+  if (p == Precision::f32) {
+    e.prim = dnnl::matmul(make_pd(s, e, st.eng));
+  } else {
+    // bf16 copies through oneDNN's bf16 matmul where this CPU has one, else rounded float32 copies.
+    auto dense_md = [&](const Dense& d, int64_t r, int64_t c, dnnl::memory::data_type dt) {
+      return md(s, r, c, d.b, d.rs, d.cs, dt);
+    };
+    try {
+      e.a = dense_md(e.da, s.M, s.K, dnnl::memory::data_type::bf16);
+      e.b = dense_md(e.db, s.K, s.N, dnnl::memory::data_type::bf16);
+      e.prim = dnnl::matmul(make_pd(s, e, st.eng));
+    } catch (const dnnl::error&) {
+      e.rounded = true;
+      e.a = dense_md(e.da, s.M, s.K, dnnl::memory::data_type::f32);
+      e.b = dense_md(e.db, s.K, s.N, dnnl::memory::data_type::f32);
+      e.prim = dnnl::matmul(make_pd(s, e, st.eng));
+    }
+  }
   return st.cache.emplace(key, std::move(e)).first->second;
 }
+
+// Copies operand src [batch0][batch1][rows][cols] (strides bs, rs, cs) into the layout d, rounded to
+// bf16: as bf16 bits (Out = uint16_t) or as the rounded values in float32 (Out = float).
+template <typename Out>
+void copy_bf16(const GemmShape& s, int64_t rows, int64_t cols, const float* src, const int64_t* bs, int64_t rs,
+               int64_t cs, const Dense& d, Out* dst) {
+  bool col_major = d.rs == 1 && rows > 1;
+  int64_t outer = col_major ? cols : rows, inner = col_major ? rows : cols;
+  int64_t s_out = col_major ? cs : rs, s_in = col_major ? rs : cs;
+  int64_t n0 = d.b[0] ? s.batch[0] : 1, n1 = d.b[1] ? s.batch[1] : 1;
+  parallel_for(n0 * n1 * outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, inner)), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t o = t % outer, i1 = (t / outer) % n1, i0 = t / (outer * n1);
+      const float* in = src + i0 * bs[0] + i1 * bs[1] + o * s_out;
+      Out* out = dst + i0 * d.b[0] + i1 * d.b[1] + o * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        uint16_t h = f32_to_bf16(in[i * s_in]);
+        if constexpr (sizeof(Out) == 2) out[i] = h;
+        else out[i] = bf16_to_f32(h);
+      }
+    }
+  });
+}
+
+// A host_alloc block freed at scope exit.
+class Block {
+ public:
+  explicit Block(size_t bytes) : bytes_(bytes), p_(host_alloc(bytes)) {}
+  ~Block() { host_free(p_, bytes_); }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  size_t bytes_;
+  void* p_;
+};
 
 // Holds SIGPROF back in this thread while oneDNN runs. Node's sampling profilers (--cpu-prof, --prof)
 // interrupt the JS thread with SIGPROF; delivered inside oneDNN's JIT GEMM kernels it corrupted the
@@ -143,9 +240,27 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   try {
-    Entry& e = lookup(s);
-    dnnl::memory ma(e.a, st.eng, const_cast<float*>(A));
-    dnnl::memory mb(e.b, st.eng, const_cast<float*>(B));
+    Precision p = gemm_precision();
+    Entry& e = lookup(s, p);
+    const void* a_data = A;
+    const void* b_data = B;
+    std::unique_ptr<Block> a_copy, b_copy;
+    if (p == Precision::bf16) {
+      size_t esz = e.rounded ? sizeof(float) : sizeof(uint16_t);
+      a_copy = std::make_unique<Block>(static_cast<size_t>(e.da.size) * esz);
+      b_copy = std::make_unique<Block>(static_cast<size_t>(e.db.size) * esz);
+      if (e.rounded) {
+        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, static_cast<float*>(a_copy->get()));
+        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, static_cast<float*>(b_copy->get()));
+      } else {
+        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, static_cast<uint16_t*>(a_copy->get()));
+        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, static_cast<uint16_t*>(b_copy->get()));
+      }
+      a_data = a_copy->get();
+      b_data = b_copy->get();
+    }
+    dnnl::memory ma(e.a, st.eng, const_cast<void*>(a_data));
+    dnnl::memory mb(e.b, st.eng, const_cast<void*>(b_data));
     dnnl::memory mc(e.c, st.eng, C);
     std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
     if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e.bias, st.eng, const_cast<float*>(bias)));
@@ -156,6 +271,22 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
     throw Error(ErrorKind::generic, std::string("gemm (oneDNN): ") + err.what() + " for M=" + std::to_string(s.M) +
                                         " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
   }
+}
+
+bool bf16_native() {
+  static const bool native = [] {
+    GemmShape s;
+    s.M = s.N = s.K = 16;
+    s.a_m = s.b_k = s.c_m = 16;
+    State& st = state();
+    std::lock_guard<std::mutex> lock(st.mu);
+    try {
+      return !lookup(s, Precision::bf16).rounded;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return native;
 }
 
 void gemm_xwT(int64_t M, int64_t N, int64_t K, const float* A, const float* W, float* C, const float* bias,

@@ -5,8 +5,16 @@
 // Every operand is described by element strides, so transposed and strided views (a weight read as
 // w^T, one head of a packed qkv tensor) need no copies. Primitives are created once per distinct
 // description and cached.
+//
+// Precision (per calling thread, mf::gemm_precision() in core/backend.h): in bf16 mode A and B are rounded to bfloat16
+// (nearest even) and multiplied with float32 accumulation; bias, epilogue and C stay float32. Where
+// oneDNN has a bf16 matmul for this CPU (AVX512-BF16, AMX) that kernel runs on bf16 copies of A and B;
+// elsewhere the float32 kernel runs on the rounded values, which gives the same products (a product of
+// two bf16 values is exact in float32) and differs from native bf16 only in summation order.
 #pragma once
 #include <cstdint>
+
+#include "../core/backend.h"
 
 namespace mf::cpu {
 
@@ -29,6 +37,9 @@ struct GemmShape {
 };
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
+
+// Whether oneDNN runs bf16 matmuls natively on this CPU (else bf16 mode emulates the rounding).
+bool bf16_native();
 
 // Plain row-major helpers.
 // C[M,N] (+)= A[M,K] * W[N,K]^T (+ bias): the nn.Linear layout.

@@ -9,7 +9,7 @@ import { createModel, type MetaFormer } from '../../lib/models/index.js';
 import type { Family } from '../../lib/models/zoo.js';
 import { crossEntropy, meanHW } from '../../lib/ops.js';
 import { type Tensor, tidy } from '../../lib/tensor.js';
-import { compare, failures, loadFixture, type Comparison, type Fixture } from '../helpers/tensors.js';
+import { compare, failures, loadFixture, relL2, type Comparison, type Fixture } from '../helpers/tensors.js';
 
 const FAMILIES: Family[] = ['identityformer', 'randformer', 'poolformerv2', 'convformer', 'caformer'];
 
@@ -127,6 +127,28 @@ describe('tiny model fixtures, precompiled inference', () => {
         const again = model.predictSync(x);
         expect(Array.from(again.toFloat32Array())).toEqual(Array.from(logits.toFloat32Array()));
         for (const t of [logits, again, f.features, ...f.stages!]) t.dispose();
+      } finally {
+        model.dispose();
+        for (const t of fx.tensors.values()) t.dispose();
+      }
+    });
+  }
+});
+
+// bf16 inference (GEMM operands rounded to bfloat16, float32 accumulation): the logits stay within
+// issue 5's 2e-2 relative L2 of the float32 reference, and differ from float32 (the mode is applied).
+describe('tiny model fixtures, bf16 inference', () => {
+  for (const family of FAMILIES) {
+    it(`${family}_tiny predict() in bf16`, async () => {
+      const { fx, model } = await load(`${family}_tiny.safetensors`);
+      try {
+        const x = fx.get('input');
+        model.precision = 'bf16';
+        const logits = await model.predict(x);
+        const err = relL2(logits.toFloat32Array(), fx.get('logits').toFloat32Array());
+        expect(err, `bf16 logits rel. L2 ${err.toExponential(2)}`).toBeLessThan(2e-2);
+        expect(err).toBeGreaterThan(1e-5);
+        logits.dispose();
       } finally {
         model.dispose();
         for (const t of fx.tensors.values()) t.dispose();

@@ -1,0 +1,116 @@
+/**
+ * bf16 precision of compiled plans: every GEMM-based op rounds both operands to bfloat16 and
+ * accumulates in float32. A single-GEMM op must equal the float32 op on pre-rounded operands (up to
+ * summation order); multi-GEMM ops (attention) land within bf16's error of float32 without being
+ * float32; bad precision options are refused; steady-state bf16 runs take no memory from the system.
+ * (Model-level bf16 accuracy against the fixtures: test/models/fixtures.test.ts and full_size.test.ts.)
+ */
+import { describe, expect, it } from 'vitest';
+import { f32ToBf16, bf16ToF32 } from '../../lib/io/halfs.js';
+import { memoryStats } from '../../lib/memory.js';
+import { createModel } from '../../lib/models/index.js';
+import { attentionCore, conv2d, linear, randomMixing, starRelu } from '../../lib/ops.js';
+import { bf16Native, compilePlan, type Precision } from '../../lib/plan.js';
+import { Tensor } from '../../lib/tensor.js';
+import { randomTensor, relL2 } from '../helpers/tensors.js';
+
+const roundBf16 = (t: Tensor): Tensor => Tensor.from(bf16ToF32(f32ToBf16(t.toFloat32Array())), t.shape);
+
+/** Output of fn on x through a plan of the given precision. */
+function runPlan(fn: (x: Tensor) => Tensor, x: Tensor, precision: Precision): Float32Array {
+  const plan = compilePlan(fn, x.shape, 'cpu', { precision });
+  try {
+    expect(plan.precision).toBe(precision);
+    const [y] = plan.runSync(x);
+    const out = y!.toFloat32Array();
+    y!.dispose();
+    return out;
+  } finally {
+    plan.dispose();
+  }
+}
+
+describe('bf16 plans: single-GEMM ops equal float32 on bf16-rounded operands', () => {
+  // Odd sizes: tails in every dimension of the GEMM.
+  const w = randomTensor([37, 53], 1, 0.3), b = randomTensor([37], 2, 0.1);
+  const s = Tensor.from([0.9]), sb = Tensor.from([-0.05]);
+  const cw = randomTensor([11, 5, 3, 3], 3, 0.2), cb = randomTensor([11], 4, 0.1);
+  const stem = randomTensor([7, 3, 7, 7], 5, 0.1);
+  const mix = randomTensor([23, 23], 6, 0.2);
+  const cases: { name: string; x: Tensor; fn: (w: Record<string, Tensor>) => (x: Tensor) => Tensor }[] = [
+    { name: 'linear with bias', x: randomTensor([3, 29, 53], 7), fn: (p) => (x) => linear(x, p.w!, p.b!) },
+    { name: 'linear + StarReLU (fused)', x: randomTensor([41, 53], 8), fn: (p) => (x) => starRelu(linear(x, p.w!, p.b!), s, sb) },
+    { name: 'conv2d k3 s2 channels-last', x: randomTensor([2, 13, 9, 5], 9), fn: (p) => (x) => conv2d(x, p.cw!, p.cb!, { stride: 2, padding: 1, inputLayout: 'nhwc' }) },
+    { name: 'conv2d stem k7 s4 NCHW', x: randomTensor([1, 3, 31, 27], 10), fn: (p) => (x) => conv2d(x, p.stem!, null, { stride: 4, padding: 2, inputLayout: 'nchw' }) },
+    { name: 'random mixing', x: randomTensor([2, 23, 19], 11), fn: (p) => (x) => randomMixing(x, p.mix!) },
+  ];
+  for (const c of cases) {
+    it(c.name, () => {
+      const params = { w, b, cw, cb, stem, mix };
+      const rounded = Object.fromEntries(Object.entries(params).map(([k, t]) => [k, k === 'b' || k === 'cb' ? t : roundBf16(t)]));
+      const got = runPlan(c.fn(params), c.x, 'bf16');
+      const want = runPlan(c.fn(rounded), roundBf16(c.x), 'float32');
+      const f32 = runPlan(c.fn(params), c.x, 'float32');
+      const err = relL2(got, want);
+      expect(err, `rel. L2 ${err.toExponential(2)}`).toBeLessThan(1e-6);
+      // and the rounding really happened: bf16 keeps 8 significant bits
+      expect(relL2(got, f32)).toBeGreaterThan(1e-4);
+      for (const t of Object.values(rounded)) if (t !== b && t !== cb) t.dispose();
+    });
+  }
+});
+
+describe('bf16 plans: attention', () => {
+  it('N = 49 (batched GEMMs): within bf16 error of float32, and not float32', () => {
+    const x = randomTensor([2, 49, 3 * 64], 12);
+    const fn = (t: Tensor) => attentionCore(t, { headDim: 32 });
+    const got = runPlan(fn, x, 'bf16'), f32 = runPlan(fn, x, 'float32');
+    const err = relL2(got, f32);
+    expect(err).toBeGreaterThan(1e-4);
+    expect(err).toBeLessThan(2e-2);
+  });
+});
+
+describe('precision options', () => {
+  it('refuses unknown precisions and non-cpu backends', () => {
+    const fn = (x: Tensor) => linear(x, Tensor.ones([2, 3]));
+    expect(() => compilePlan(fn, [1, 3], 'cpu', { precision: 'fp16' as Precision })).toThrow(/Expected 'float32' or 'bf16' for compilePlan precision but received/);
+    expect(() => compilePlan(fn, [1, 3], 'ref', { precision: 'bf16' })).toThrow(/the 'cpu' backend for precision 'bf16'/);
+    const m = createModel({ family: 'identityformer', depths: [1, 1, 1, 1], dims: [8, 8, 8, 8], numClasses: 3, imageSize: 32 });
+    try {
+      expect(m.precision).toBe('float32');
+      expect(() => { m.precision = 'half' as Precision; }).toThrow(/Expected 'float32' or 'bf16' for precision/);
+      expect(() => createModel('caformer_s18', { precision: 'int8' as Precision })).toThrow(/Expected 'float32' or 'bf16'/);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('bf16Native() reports whether oneDNN runs bf16 natively here', () => {
+    expect(typeof bf16Native()).toBe('boolean');
+  });
+});
+
+describe('bf16 predict()', () => {
+  it('keeps a plan per precision and takes no system memory in steady state', async () => {
+    const m = createModel({ family: 'caformer', depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 }, { precision: 'bf16' });
+    try {
+      const x = randomTensor([2, 3, 64, 64], 13);
+      const a = await m.predict(x);
+      m.precision = 'float32';
+      const f = await m.predict(x);
+      m.precision = 'bf16';
+      const a0 = memoryStats().systemAllocs;
+      for (let i = 0; i < 3; ++i) (await m.predict(x)).dispose();
+      expect(memoryStats().systemAllocs - a0).toBe(0);
+      const again = m.predictSync(x);
+      expect(Array.from(again.toFloat32Array())).toEqual(Array.from(a.toFloat32Array()));
+      const err = relL2(a.toFloat32Array(), f.toFloat32Array());
+      expect(err).toBeGreaterThan(1e-5);
+      expect(err).toBeLessThan(2e-2);
+      for (const t of [a, f, again, x]) t.dispose();
+    } finally {
+      m.dispose();
+    }
+  });
+});
