@@ -3,6 +3,8 @@
  * metaformer (predict(), the async path users call), onnxruntime-node (CPU EP, 2 intra-op threads, all
  * graph optimisations, on the ONNX file our exporter writes from the same weights) and PyTorch 1.13
  * (the same weights, tuned as PITFALLS.md says). Rounds alternate the three, medians over all runs.
+ * Ours runs in each requested precision (float32, bf16) in every round; the peers run float32, so a bf16
+ * row's ratios compare our bf16 with their float32.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,6 +13,7 @@ import { toOnnxBytes } from '../lib/io/onnx.js';
 import { writeSafetensors } from '../lib/io/tensors.js';
 import { memoryStats, resetPeakMemory } from '../lib/memory.js';
 import { createModel, type MetaFormer } from '../lib/models/index.js';
+import { type Precision } from '../lib/plan.js';
 import { Tensor } from '../lib/tensor.js';
 import { loadOrt, runTorch } from './lib/peers.js';
 import { fmt, median, timeAsync } from './lib/timing.js';
@@ -18,6 +21,7 @@ import { fmt, median, timeAsync } from './lib/timing.js';
 export interface ModelRow {
   model: string;
   batch: number;
+  precision: Precision;
   oursMs: number;
   ortMs: number;
   torchMs: number;
@@ -36,6 +40,7 @@ export function modelGflop(model: MetaFormer, size = 224): number {
 export async function runModels(opts: {
   models: string[];
   batches: number[];
+  precisions: Precision[];
   rounds: number;
   iters: number;
   torch: boolean;
@@ -60,15 +65,22 @@ export async function runModels(opts: {
           ? await ort.InferenceSession.create(toOnnxBytes(model, { batch }), { graphOptimizationLevel: 'all', intraOpNumThreads: 2, interOpNumThreads: 1 })
           : null;
         const feeds = ort ? { input: new ort.Tensor('float32', xs, [batch, 3, 224, 224]) } : null;
-        const ours: number[] = [], ortT: number[] = [], torchT: number[] = [];
-        (await model.predict(x)).dispose();  // compiles the plan: allocations from here on are steady state
-        resetPeakMemory();
-        let allocs = 0;
+        const ortT: number[] = [], torchT: number[] = [];
+        const ours = opts.precisions.map((precision) => ({ precision, times: [] as number[], allocs: 0, peak: 0 }));
+        for (const o of ours) {  // compiles the plans: allocations from here on are steady state
+          model.precision = o.precision;
+          (await model.predict(x)).dispose();
+        }
         const iters = batch === 1 ? opts.iters : Math.max(2, Math.ceil(opts.iters / 4));
         for (let r = 0; r < opts.rounds; ++r) {
-          const a0 = memoryStats().systemAllocs;
-          ours.push(...await timeAsync(async () => (await model.predict(x)).dispose(), iters, 1));
-          allocs += memoryStats().systemAllocs - a0;
+          for (const o of ours) {
+            model.precision = o.precision;
+            resetPeakMemory();
+            const a0 = memoryStats().systemAllocs;
+            o.times.push(...await timeAsync(async () => (await model.predict(x)).dispose(), iters, 1));
+            o.allocs += memoryStats().systemAllocs - a0;
+            o.peak = Math.max(o.peak, memoryStats().peak);
+          }
           if (session && feeds) ortT.push(...await timeAsync(async () => { await session.run(feeds); }, iters, 1));
           if (opts.torch) {
             const t = runTorch({ kind: 'model', config: { family: model.config.family, depths: model.config.depths, dims: model.config.dims },
@@ -78,16 +90,18 @@ export async function runModels(opts: {
           }
         }
         await session?.release();
-        const peakMB = memoryStats().peak / 2 ** 20;
         x.dispose();
-        const row: ModelRow = {
-          model: name, batch, oursMs: median(ours) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop, peakMB, systemAllocs: allocs,
-        };
-        rows.push(row);
-        const ips = (ms: number) => fmt((1000 * batch) / ms, 1);
-        opts.log(`${name.padEnd(20)} b${String(batch).padEnd(3)} ours ${fmt(row.oursMs, 1)} ms (${ips(row.oursMs)} img/s, ${fmt((gflop * batch) / (row.oursMs / 1e3), 0)} GFLOP/s)` +
-          `  ORT ${fmt(row.ortMs, 1)} ms (${fmt(row.ortMs / row.oursMs, 2)}x)  PyTorch ${fmt(row.torchMs, 1)} ms (${fmt(row.torchMs / row.oursMs, 2)}x)` +
-          `  peak ${fmt(peakMB, 0)} MB, ${allocs} system allocs after warm-up`);
+        for (const o of ours) {
+          const row: ModelRow = {
+            model: name, batch, precision: o.precision, oursMs: median(o.times) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop,
+            peakMB: o.peak / 2 ** 20, systemAllocs: o.allocs,
+          };
+          rows.push(row);
+          const ips = (ms: number) => fmt((1000 * batch) / ms, 1);
+          opts.log(`${name.padEnd(20)} b${String(batch).padEnd(3)} ${o.precision.padEnd(7)} ours ${fmt(row.oursMs, 1)} ms (${ips(row.oursMs)} img/s, ${fmt((gflop * batch) / (row.oursMs / 1e3), 0)} GFLOP/s)` +
+            `  ORT ${fmt(row.ortMs, 1)} ms (${fmt(row.ortMs / row.oursMs, 2)}x)  PyTorch ${fmt(row.torchMs, 1)} ms (${fmt(row.torchMs / row.oursMs, 2)}x)` +
+            `  peak ${fmt(row.peakMB, 0)} MB, ${o.allocs} system allocs after warm-up`);
+        }
       }
       model.dispose();
     }

@@ -42,20 +42,25 @@ export function kernelsMarkdown(r: KernelResults, m: MachineInfo): string {
   return lines.join('\n');
 }
 
-export function modelsMarkdown(rows: ModelRow[], m: MachineInfo): string {
-  const lines = [`## Models (224x224, fp32)`, '', `Measured ${machineLine(m)}. metaformer: \`predict()\`; ` +
-    `onnxruntime-node: CPU EP, 2 intra-op threads, all graph optimisations, our exported ONNX; PyTorch 1.13: 2 threads, tuned.`, '',
-    '| model | batch | GFLOP/img | ours ms | ours img/s | ours GFLOP/s | ORT ms | ORT / ours | PyTorch ms | PyTorch / ours | peak MB | system allocs |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|'];
+export function modelsMarkdown(rows: ModelRow[], m: MachineInfo, bf16Native: boolean): string {
+  const lines = [`## Models (224x224)`, '', `Measured ${machineLine(m)}. metaformer: \`predict()\` in the row's precision; ` +
+    `onnxruntime-node: CPU EP, 2 intra-op threads, all graph optimisations, our exported ONNX, fp32; PyTorch 1.13: 2 threads, tuned, fp32.`, '',
+    '| model | batch | precision | GFLOP/img | ours ms | ours img/s | ours GFLOP/s | ORT ms | ORT / ours | PyTorch ms | PyTorch / ours | peak MB | system allocs |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|'];
   for (const r of rows) {
-    lines.push(`| ${r.model} | ${r.batch} | ${fmt(r.gflop, 2)} | ${fmt(r.oursMs, 1)} | ${fmt((1000 * r.batch) / r.oursMs, 1)} | ` +
+    lines.push(`| ${r.model} | ${r.batch} | ${r.precision} | ${fmt(r.gflop, 2)} | ${fmt(r.oursMs, 1)} | ${fmt((1000 * r.batch) / r.oursMs, 1)} | ` +
       `${fmt((r.gflop * r.batch) / (r.oursMs / 1000), 0)} | ${fmt(r.ortMs, 1)} | ${fmt(r.ortMs / r.oursMs, 2)}x | ${fmt(r.torchMs, 1)} | ${fmt(r.torchMs / r.oursMs, 2)}x | ` +
       `${fmt(r.peakMB, 0)} | ${r.systemAllocs} |`);
   }
   lines.push('', 'peak MB: native memory at its highest while our `predict()` ran (weights, plan arena, input, output, ' +
     'kernel scratch). system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after one ' +
     'warm-up call (the rest come from the reuse cache; `memoryStats().systemAllocs`).');
-  lines.push('', 'bf16 mode: not measured on this machine (no AVX512-BF16/AMX; see NOTES.md).');
+  if (rows.some((r) => r.precision === 'bf16')) {
+    lines.push('', bf16Native
+      ? 'bf16: oneDNN\'s bf16 matmul (this CPU has AVX512-BF16/AMX); the ratios compare it with the peers\' fp32.'
+      : 'bf16: **emulated** here (this CPU has no AVX512-BF16/AMX): the GEMM operands are rounded to bfloat16 and ' +
+        'multiplied by the fp32 kernels, so these rows show the accuracy mode\'s overhead, not bf16 speed.');
+  }
   return lines.join('\n');
 }
 
@@ -74,7 +79,7 @@ export function updateResults(file: string, name: string, body: string): void {
 
 /** A grouped bar chart of batch-32 images/s per model: ours, ONNX Runtime, PyTorch. */
 export function modelsSvg(rows: ModelRow[]): string {
-  const data = rows.filter((r) => r.batch === Math.max(...rows.map((x) => x.batch)));
+  const data = rows.filter((r) => r.batch === Math.max(...rows.map((x) => x.batch)) && r.precision === 'float32');
   const series = [
     { key: 'oursMs' as const, label: 'metaformer', color: '#2b6cb0' },
     { key: 'ortMs' as const, label: 'onnxruntime-node', color: '#dd6b20' },

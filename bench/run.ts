@@ -4,6 +4,7 @@
  *   --iters N         timed runs per round (default 5)
  *   --models a,b      models for the model suite (default: the five S-size models)
  *   --batches 1,32    batch sizes (default 1,32)
+ *   --precisions float32,bf16   our precisions in the model suite (default both; the peers run float32)
  *   --no-torch        skip PyTorch;  --no-ort  skip onnxruntime-node
  *   --out FILE        results file (default bench/RESULTS.md; --no-write to only print)
  *   --threads N       native thread pool size (default: all cores)
@@ -15,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setNumThreads } from '../lib/backend.js';
 import { createModel } from '../lib/models/index.js';
+import { bf16Native, checkPrecision } from '../lib/plan.js';
 import { Tensor } from '../lib/tensor.js';
 import { runKernels } from './kernels.js';
 import { runModels } from './models.js';
@@ -30,7 +32,7 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
     allowPositionals: true,
     options: {
       rounds: { type: 'string', default: '3' }, iters: { type: 'string', default: '5' },
-      models: { type: 'string' }, batches: { type: 'string', default: '1,32' },
+      models: { type: 'string' }, batches: { type: 'string', default: '1,32' }, precisions: { type: 'string', default: 'float32,bf16' },
       'no-torch': { type: 'boolean', default: false }, 'no-ort': { type: 'boolean', default: false },
       out: { type: 'string' }, 'no-write': { type: 'boolean', default: false }, threads: { type: 'string' },
       model: { type: 'string', default: 'caformer_s18' }, batch: { type: 'string', default: '1' },
@@ -52,10 +54,11 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
   if (all || suites.includes('models')) {
     const rows = await runModels({
       models: values.models ? values.models.split(',') : S_MODELS, batches: values.batches!.split(',').map(Number),
+      precisions: values.precisions!.split(',').map((p) => checkPrecision(p, '--precisions')),
       rounds, iters, torch: !values['no-torch'], ort: !values['no-ort'], log,
     });
     if (write) {
-      updateResults(out, 'models', modelsMarkdown(rows, m));
+      updateResults(out, 'models', modelsMarkdown(rows, m, bf16Native()));
       writeFileSync(path.join(path.dirname(out), 'results.svg'), modelsSvg(rows));
     }
   }

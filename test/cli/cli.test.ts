@@ -229,6 +229,17 @@ describe('metaformer classify', () => {
     expect(correct, JSON.stringify(out.map((o) => [path.basename(o.image), o.predictions[0]!.label]))).toBeGreaterThanOrEqual(8);
     const text = cli('classify', path.join(root, 'assets', 'samples', samples[0]!));
     expect(text.stdout).toMatch(/%\s+\d+\s+[A-Z]/);  // a class name, not an index
+    // bf16: the same top-1 on the shipped samples, probabilities close to float32's
+    const b = cli('classify', ...samples.map((f) => path.join(root, 'assets', 'samples', f)), '--json', '--top', '1', '--precision', 'bf16');
+    expect(b.code, b.stderr).toBe(0);
+    const outB = JSON.parse(b.stdout) as typeof out;
+    outB.forEach((o, i) => {
+      expect(o.predictions[0]!.label).toBe(out[i]!.predictions[0]!.label);
+      expect(Math.abs(o.predictions[0]!.probability - out[i]!.predictions[0]!.probability)).toBeLessThan(0.02);
+    });
+    const bad = cli('classify', CAT, '--precision', 'fp8');
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/Expected one of float32, bf16 for --precision but received "fp8"/);
   });
 
   it(`runs ${DEFAULT_CLASSIFY_MODEL} with given weights and prints ImageNet labels`, async () => {

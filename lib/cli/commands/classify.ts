@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { classify, type Prediction } from '../../classify.js';
 import { packageRoot } from '../../native.js';
 import { modelFromOptions } from '../model-arg.js';
-import { intOption, UsageError, type Command } from '../command.js';
+import { choiceOption, intOption, UsageError, type Command } from '../command.js';
 
 /** The weights `classify` uses when no model is named: shipped in the package. */
 export const DEFAULT_CLASSIFY_WEIGHTS = path.join(packageRoot(), 'assets', 'models', 'fashion-mnist-caformer.safetensors');
@@ -22,13 +22,15 @@ function percent(p: number): string {
 export const classifyCommand: Command = {
   name: 'classify',
   summary: 'classify images (default: the shipped Fashion-MNIST CAFormer; registry models download their weights)',
-  usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--json] [--offline] [--cache-dir DIR]',
+  usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--precision float32|bf16] [--json] [--offline] [--cache-dir DIR]',
   details: [
     '--model      a registry name (see list-models), with its pretrained weights (downloaded and cached);',
     '             default: the Fashion-MNIST CAFormer shipped in the package',
     '--weights    a checkpoint to use instead of the registry weights; one saved by this library carries its',
     '             model configuration, so --model is not needed for it',
     '--top        how many classes to show per image (default 5)',
+    '--precision  float32 (default) or bf16: matrix products with bfloat16 operands (fast on CPUs with',
+    '             AVX512-BF16/AMX, emulated elsewhere)',
     '--offline    never download; use the cache (also METAFORMER_OFFLINE=1)',
     '--cache-dir  where downloaded weights live (default METAFORMER_CACHE or ~/.cache/metaformer)',
   ].join('\n'),
@@ -36,6 +38,7 @@ export const classifyCommand: Command = {
     model: { type: 'string', short: 'm' },
     weights: { type: 'string', short: 'w' },
     top: { type: 'string', short: 'k' },
+    precision: { type: 'string' },
     json: { type: 'boolean' },
     offline: { type: 'boolean' },
     'cache-dir': { type: 'string' },
@@ -43,6 +46,7 @@ export const classifyCommand: Command = {
   async run({ positionals, values, io }) {
     if (positionals.length === 0) throw new UsageError('Expected at least one image file but received none');
     const topK = intOption(values, 'top', 5);
+    const precision = choiceOption(values, 'precision', ['float32', 'bf16'] as const) ?? 'float32';
     // Check the images exist before a model (maybe a download) is built for them.
     for (const image of positionals) {
       const st = await fsp.stat(image).catch(() => null);
@@ -51,6 +55,7 @@ export const classifyCommand: Command = {
     const { model, labels } = await modelFromOptions(values, { file: DEFAULT_CLASSIFY_WEIGHTS });
     let results: Prediction[][];
     try {
+      model.precision = precision;
       results = await classify(positionals, { model, topK, labels });
     } finally {
       model.dispose();
