@@ -10,6 +10,7 @@
 #include <memory>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
 
@@ -158,10 +159,14 @@ Entry& lookup(const GemmShape& s, Precision p) {
     auto dense_md = [&](const Dense& d, int64_t r, int64_t c, dnnl::memory::data_type dt) {
       return md(s, r, c, d.b, d.rs, d.cs, dt);
     };
+    // A reference implementation (CPUs with AVX-512 but no bf16 instructions may get one) would be
+    // far slower than the emulation, so it counts as unsupported.
     try {
       e.a = dense_md(e.da, s.M, s.K, dnnl::memory::data_type::bf16);
       e.b = dense_md(e.db, s.K, s.N, dnnl::memory::data_type::bf16);
-      e.prim = dnnl::matmul(make_pd(s, e, st.eng));
+      dnnl::matmul::primitive_desc pd = make_pd(s, e, st.eng);
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0) throw dnnl::error(dnnl_unimplemented, "reference bf16 matmul");
+      e.prim = dnnl::matmul(pd);
     } catch (const dnnl::error&) {
       e.rounded = true;
       e.a = dense_md(e.da, s.M, s.K, dnnl::memory::data_type::f32);
