@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <memory>
@@ -103,10 +104,9 @@ Dense dense_layout(const GemmShape& s, int64_t rows, int64_t cols, const int64_t
   d.cs = col_major ? rows : 1;
   int64_t n = rows * cols;
   for (int i = 1; i >= 0; --i) {
-    if (s.batch[i] > 1 && bs[i] != 0) {
-      d.b[i] = n;
-      n *= s.batch[i];
-    }
+    if (s.batch[i] > 1 && bs[i] == 0) continue;  // shared: stride 0
+    d.b[i] = n;  // a dense stride even for a batch of 1 (oneDNN 2.6 gives stride 0 there its reference matmul)
+    n *= std::max<int64_t>(1, s.batch[i]);
   }
   d.size = n;
   return d;
@@ -185,7 +185,7 @@ void copy_bf16(const GemmShape& s, int64_t rows, int64_t cols, const float* src,
   bool col_major = d.rs == 1 && rows > 1;
   int64_t outer = col_major ? cols : rows, inner = col_major ? rows : cols;
   int64_t s_out = col_major ? cs : rs, s_in = col_major ? rs : cs;
-  int64_t n0 = d.b[0] ? s.batch[0] : 1, n1 = d.b[1] ? s.batch[1] : 1;
+  int64_t n0 = d.b[0] ? std::max<int64_t>(1, s.batch[0]) : 1, n1 = d.b[1] ? std::max<int64_t>(1, s.batch[1]) : 1;
   parallel_for(n0 * n1 * outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, inner)), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       int64_t o = t % outer, i1 = (t / outer) % n1, i0 = t / (outer * n1);
