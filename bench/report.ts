@@ -53,7 +53,7 @@ export function modelsMarkdown(rows: ModelRow[], m: MachineInfo, bf16Native: boo
       `${fmt(r.peakMB, 0)} | ${r.systemAllocs} |`);
   }
   lines.push('', 'peak MB: native memory at its highest while our `predict()` ran (weights, plan arena, input, output, ' +
-    'kernel scratch). system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after one ' +
+    'kernel scratch; not the arena of the other precision\'s plan, which stays compiled). system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after one ' +
     'warm-up call (the rest come from the reuse cache; `memoryStats().systemAllocs`).');
   if (rows.some((r) => r.precision === 'bf16')) {
     lines.push('', bf16Native

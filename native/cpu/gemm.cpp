@@ -8,17 +8,14 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
-#include <memory>
 #include <cstring>
 #include <mutex>
-#include <string>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <unordered_map>
 
-#include "../core/check.h"
-#include "../core/memory.h"
 #include "../core/numeric.h"
-#include "../core/threading.h"
+#include "cpu.h"
 
 namespace mf::cpu {
 namespace {
@@ -200,20 +197,6 @@ void copy_bf16(const GemmShape& s, int64_t rows, int64_t cols, const float* src,
   });
 }
 
-// A host_alloc block freed at scope exit.
-class Block {
- public:
-  explicit Block(size_t bytes) : bytes_(bytes), p_(host_alloc(bytes)) {}
-  ~Block() { host_free(p_, bytes_); }
-  Block(const Block&) = delete;
-  Block& operator=(const Block&) = delete;
-  void* get() const { return p_; }
-
- private:
-  size_t bytes_;
-  void* p_;
-};
-
 // Holds SIGPROF back in this thread while oneDNN runs. Node's sampling profilers (--cpu-prof, --prof)
 // interrupt the JS thread with SIGPROF; delivered inside oneDNN's JIT GEMM kernels it corrupted the
 // heap (reproduced with linear alone; not with our own kernels, nor with a plain C++ handler). The
@@ -247,31 +230,30 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
   try {
     Precision p = gemm_precision();
     Entry& e = lookup(s, p);
-    const void* a_data = A;
-    const void* b_data = B;
-    std::unique_ptr<Block> a_copy, b_copy;
-    if (p == Precision::bf16) {
+    auto run = [&](const void* a, const void* b) {
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(e.a, st.eng, const_cast<void*>(a))},
+                                                 {DNNL_ARG_WEIGHTS, dnnl::memory(e.b, st.eng, const_cast<void*>(b))},
+                                                 {DNNL_ARG_DST, dnnl::memory(e.c, st.eng, C)}};
+      if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e.bias, st.eng, const_cast<float*>(bias)));
+      ProfilerSignalBlock block;
+      e.prim.execute(st.strm, args);
+      st.strm.wait();
+    };
+    if (p == Precision::f32) {
+      run(A, B);
+    } else {  // bf16: dense rounded copies of A and B (bf16 bits, or bf16 values in float32)
       size_t esz = e.rounded ? sizeof(float) : sizeof(uint16_t);
-      a_copy = std::make_unique<Block>(static_cast<size_t>(e.da.size) * esz);
-      b_copy = std::make_unique<Block>(static_cast<size_t>(e.db.size) * esz);
+      auto floats = [&](int64_t n) { return (static_cast<size_t>(n) * esz + sizeof(float) - 1) / sizeof(float); };
+      Scratch a(floats(e.da.size)), b(floats(e.db.size));
       if (e.rounded) {
-        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, static_cast<float*>(a_copy->get()));
-        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, static_cast<float*>(b_copy->get()));
+        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, a.get());
+        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, b.get());
       } else {
-        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, static_cast<uint16_t*>(a_copy->get()));
-        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, static_cast<uint16_t*>(b_copy->get()));
+        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, reinterpret_cast<uint16_t*>(a.get()));
+        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, reinterpret_cast<uint16_t*>(b.get()));
       }
-      a_data = a_copy->get();
-      b_data = b_copy->get();
+      run(a.get(), b.get());
     }
-    dnnl::memory ma(e.a, st.eng, const_cast<void*>(a_data));
-    dnnl::memory mb(e.b, st.eng, const_cast<void*>(b_data));
-    dnnl::memory mc(e.c, st.eng, C);
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
-    if (s.bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e.bias, st.eng, const_cast<float*>(bias)));
-    ProfilerSignalBlock block;
-    e.prim.execute(st.strm, args);
-    st.strm.wait();
   } catch (const dnnl::error& err) {
     throw Error(ErrorKind::generic, std::string("gemm (oneDNN): ") + err.what() + " for M=" + std::to_string(s.M) +
                                         " N=" + std::to_string(s.N) + " K=" + std::to_string(s.K));
