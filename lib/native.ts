@@ -10,6 +10,10 @@ import { fileURLToPath } from 'node:url';
 export interface NativeTensorHandle {
   /** Zero-copy ArrayBuffer over the tensor's memory; it keeps the memory alive on its own. */
   view(): ArrayBuffer;
+  /** A copy of the bytes (host tensors). */
+  read(): ArrayBuffer;
+  /** Copies exactly the tensor's byte size in (host tensors). */
+  write(data: Uint8Array): void;
   /** A second handle to the same memory with another shape (same element count). */
   share(shape: number[]): NativeTensorHandle;
   dispose(): void;

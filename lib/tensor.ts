@@ -322,7 +322,7 @@ export class Tensor {
     const target = dtype ?? srcType;
     if (!isDType(target)) throw new TypeError(expectation('a dtype', 'dtype', target));
     const t = Tensor.empty(s, srcType);
-    new Uint8Array(t._h.view()).set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
+    t._h.write(new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
     if (target === srcType) return t;
     const c = t.to(target);
     t.dispose();
@@ -336,7 +336,7 @@ export class Tensor {
       t.dispose();
       throw new RangeError(expectationText(`${t.numel * DTYPE_SIZE[dtype]} bytes`, 'data', `${bytes.byteLength} bytes`));
     }
-    new Uint8Array(t._h.view()).set(bytes);
+    t._h.write(bytes);
     return t;
   }
 
@@ -358,7 +358,11 @@ export class Tensor {
     return this._h;
   }
 
-  /** A zero-copy typed-array view of the memory (CPU tensors). Do not use it after dispose(). */
+  /**
+   * A zero-copy typed-array view of the memory (CPU tensors). Do not use it after dispose(). Writes
+   * through it are seen by everything, including bf16 plans: while a view of a weight is alive, their
+   * bf16 copy of that weight is remade on every call (toFloat32Array() and friends copy instead).
+   */
   view<D extends DType = DType>(): TypedArrayOf<D> {
     if (this.device !== 'cpu') {
       throw new TypeError(expectation("a cpu tensor (copy it with .to('cpu'))", 'view()', this));
@@ -381,9 +385,9 @@ export class Tensor {
   toFloat32Array(): Float32Array {
     this._live('toFloat32Array', 'this');
     if (this.device !== 'cpu') return this._viaHost((h) => h.toFloat32Array());
-    if (this.dtype === 'float32') return new Float32Array(this._h.view()).slice();
+    if (this.dtype === 'float32') return new Float32Array(this._h.read());
     const c = this.to('float32');
-    const out = new Float32Array(c._h.view()).slice();
+    const out = new Float32Array(c._h.read());
     c.dispose();
     return out;
   }
@@ -392,9 +396,9 @@ export class Tensor {
   toFloat64Array(): Float64Array {
     this._live('toFloat64Array', 'this');
     if (this.device !== 'cpu') return this._viaHost((h) => h.toFloat64Array());
-    if (this.dtype === 'float64') return new Float64Array(this._h.view()).slice();
+    if (this.dtype === 'float64') return new Float64Array(this._h.read());
     const c = this.to('float64');
-    const out = new Float64Array(c._h.view()).slice();
+    const out = new Float64Array(c._h.read());
     c.dispose();
     return out;
   }
@@ -408,7 +412,7 @@ export class Tensor {
   /** Raw bytes (a copy). */
   toBytes(): Uint8Array {
     if (this.device !== 'cpu') return this._viaHost((h) => h.toBytes());
-    return new Uint8Array(this._live('toBytes', 'this').view()).slice();
+    return new Uint8Array(this._live('toBytes', 'this').read());
   }
 
   /** @internal runs fn on a temporary host copy of this device tensor */

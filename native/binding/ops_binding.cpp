@@ -16,11 +16,18 @@ struct Unpacked {
   OpId op;
   Dir dir;
   const Backend* be;
-  std::vector<Storage*> holds;  // references kept alive for async execution
+  std::vector<Storage*> holds;    // references kept alive for async execution
+  std::vector<Storage*> written;  // the outputs' storages (their versions change after the op)
 };
 
+// Runs the op (the caller holds the compute lock) and records the writes to its outputs.
+void execute(const Unpacked& u) {
+  run_op(*u.be, u.op, u.dir, u.args);
+  for (Storage* s : u.written) storage_written(s);
+}
+
 void unpack_list(Napi::Env env, const Napi::Value& v, const char* op, const char* kind, TensorView* dst, int& n,
-                 std::vector<Storage*>* holds) {
+                 std::vector<Storage*>* holds, std::vector<Storage*>* seen = nullptr) {
   if (!v.IsArray()) throw Napi::TypeError::New(env, std::string(op) + ": expected an array of " + kind);
   Napi::Array arr = v.As<Napi::Array>();
   if (arr.Length() > static_cast<uint32_t>(kMaxIn))
@@ -31,6 +38,7 @@ void unpack_list(Napi::Env env, const Napi::Value& v, const char* op, const char
     NativeTensor* t = NativeTensor::from(env, arr.Get(i), op, role, true);
     dst[i] = t ? t->view_of(env, op, role) : TensorView{};
     if (t && holds) holds->push_back(t->storage());
+    if (t && seen) seen->push_back(t->storage());
   }
 }
 
@@ -44,7 +52,7 @@ Unpacked unpack(const Napi::CallbackInfo& info, bool hold) {
   u.dir = to_int(env, info[1], "a direction") ? Dir::backward : Dir::forward;
   u.be = &backend_by_id(env, to_int(env, info[2], "a backend id"));
   unpack_list(env, info[3], name, "inputs", u.args.in, u.args.n_in, hold ? &u.holds : nullptr);
-  unpack_list(env, info[4], name, "outputs", u.args.out, u.args.n_out, hold ? &u.holds : nullptr);
+  unpack_list(env, info[4], name, "outputs", u.args.out, u.args.n_out, hold ? &u.holds : nullptr, &u.written);
   if (info[5].IsTypedArray()) {
     Napi::Float64Array at = info[5].As<Napi::Float64Array>();
     if (at.ElementLength() > static_cast<size_t>(kMaxAttr)) throw Napi::RangeError::New(env, std::string(name) + ": too many attributes");
@@ -76,7 +84,7 @@ class OpWorker : public Napi::AsyncWorker {
   void Execute() override {
     try {
       ComputeScope scope;
-      run_op(*u_.be, u_.op, u_.dir, u_.args);
+      execute(u_);
     } catch (const mf::Error& e) {
       kind_ = e.kind();
       SetError(e.what());
@@ -108,7 +116,7 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   Unpacked u = unpack(info, false);
   guarded(env, [&] {
     ComputeScope scope;
-    run_op(*u.be, u.op, u.dir, u.args);
+    execute(u);
     return 0;
   });
   return env.Undefined();

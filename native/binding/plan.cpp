@@ -29,7 +29,7 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
     }
     return v;
   };
-  PrecisionScope precision_scope(precision);
+  PlanContextScope context(PlanContext{precision, &weights});
   for (const PlanStep& s : steps) {
     args.n_in = static_cast<int>(s.ins.size());
     args.n_out = static_cast<int>(s.outs.size());
@@ -105,6 +105,7 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
     const_meta.push_back(t->view_of(env, "Plan", "const " + std::to_string(i)));
     storage_retain(t->storage());
     d->consts.push_back(t->storage());
+    d->weights.emplace(t->storage()->ptr, t->storage());
   }
 
   Napi::Array slots = get_array(env, spec, "slots");
@@ -194,6 +195,11 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
     for (int j = 0; j < st.n_attr; ++j) st.attr[j] = attrs.Get(static_cast<uint32_t>(j)).As<Napi::Number>().DoubleValue();
     d->steps.push_back(std::move(st));
   }
+
+  // A const some step writes is not a weight kernels may cache data from.
+  for (const PlanStep& st : d->steps)
+    for (const PlanArg& a : st.outs)
+      if (a.kind == 2) d->weights.erase(d->consts[static_cast<size_t>(a.index)]->ptr);
 
   // Arena layout: greedy first fit over slots sorted by size, respecting liveness overlaps.
   struct Placed { int64_t first, last; size_t off, bytes; };

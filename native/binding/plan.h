@@ -38,6 +38,7 @@ struct PlanData {
   Precision precision = Precision::f32;
   std::vector<PlanStep> steps;
   std::vector<Storage*> consts;
+  WeightIndex weights;  // consts by data pointer (kernels may cache data derived from them)
   std::vector<TensorView> bound_meta;  // inputs then outputs
   size_t n_inputs = 0;
   size_t arena_bytes = 0;

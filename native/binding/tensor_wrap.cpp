@@ -1,6 +1,8 @@
 // tensor_wrap.cpp: NativeTensor (see tensor_wrap.h).
 //   new NativeTensor(dtypeCode, shape[], zeroFill, device = 0)   allocates (device 1: CUDA memory)
-//   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only)
+//   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only; while it lives the memory
+//              counts as changing, see Storage::live_views)
+//   t.read() -> ArrayBuffer (a copy)   t.write(Uint8Array) (copies in; the sizes must match)
 //   t.share(shape[]) -> NativeTensor (same memory)   t.copyTo(other) (same byte size, any devices)
 //   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
 //   t.track(): reports this handle's bytes to V8's GC heuristics from now until it is released. Handles
@@ -51,7 +53,8 @@ int64_t tracked_external_bytes() { return g_tracked.load(); }
 
 Napi::Function NativeTensor::Define(Napi::Env env) {
   return DefineClass(env, "NativeTensor",
-                     {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Share>("share"),
+                     {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Read>("read"),
+                      InstanceMethod<&NativeTensor::Write>("write"), InstanceMethod<&NativeTensor::Share>("share"),
                       InstanceMethod<&NativeTensor::Dispose>("dispose"), InstanceMethod<&NativeTensor::Track>("track"),
                       InstanceMethod<&NativeTensor::CopyTo>("copyTo"),
                       InstanceAccessor<&NativeTensor::Disposed>("disposed"),
@@ -159,7 +162,12 @@ NativeTensor* NativeTensor::from(Napi::Env env, const Napi::Value& v, const char
 }
 
 // An ArrayBuffer view's deleter: drops the view's reference only (thread-safe; no V8 calls).
-static void release_view(Napi::Env, void*, Storage* s) { storage_release(s); }
+// A view's ArrayBuffer died (its deleter may run on any thread): JS can no longer write through it.
+static void release_view(Napi::Env, void*, Storage* s) {
+  s->live_views.fetch_sub(1, std::memory_order_acq_rel);
+  storage_written(s);
+  storage_release(s);
+}
 
 Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -168,7 +176,40 @@ Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, "view: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
   storage_retain(storage_);  // the view's own reference; its memory is already accounted by the tensor
   size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
-  return Napi::ArrayBuffer::New(env, storage_->ptr, bytes, release_view, storage_);
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, storage_->ptr, bytes, release_view, storage_);
+  storage_->live_views.fetch_add(1, std::memory_order_acq_rel);
+  storage_written(storage_);
+  return buf;
+}
+
+// The bytes of a host tensor, copied into a new ArrayBuffer (no view is left behind).
+Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorView v = view_of(env, "read", "this");
+  if (storage_->device != kHostDevice)
+    throw Napi::TypeError::New(env, "read: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
+  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, bytes);
+  if (bytes) std::memcpy(buf.Data(), storage_->ptr, bytes);
+  return buf;
+}
+
+// Copies a Uint8Array of exactly the tensor's size into a host tensor.
+Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorView v = view_of(env, "write", "this");
+  if (storage_->device != kHostDevice)
+    throw Napi::TypeError::New(env, "write: expected a cpu tensor for this but received a cuda tensor");
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, "write: expected a Uint8Array for data");
+  Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
+  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
+  if (src.ByteLength() != bytes)
+    throw Napi::RangeError::New(env, "write: expected " + std::to_string(bytes) + " bytes for data but received " +
+                                         std::to_string(src.ByteLength()) + " bytes");
+  if (bytes) std::memcpy(storage_->ptr, src.Data(), bytes);
+  storage_written(storage_);
+  return env.Undefined();
 }
 
 Napi::Value NativeTensor::Share(const Napi::CallbackInfo& info) {

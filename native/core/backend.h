@@ -9,7 +9,9 @@
 // Kernels may assume the arguments passed core/ops.cpp's checks (shapes, dtypes, presence).
 #pragma once
 #include <cstdint>
+#include <unordered_map>
 
+#include "memory.h"
 #include "tensor.h"
 
 namespace mf {
@@ -63,19 +65,32 @@ void check_op(OpId op, Dir dir, const OpArgs& args);
 // Precision of the matrix products (the GEMMs inside linear, fused_linear, conv2d, attention and
 // random_mixing) that the calling thread runs. bf16: both operands rounded to bfloat16, float32
 // accumulation, bias, epilogue and output (honoured by the cpu backend, see cpu/gemm.h; the other
-// backends run float32). Every other kernel stays float32. Plans set it around their steps.
+// backends run float32). Every other kernel stays float32.
 enum class Precision : int32_t { f32 = 0, bf16 = 1 };
-Precision gemm_precision();
 
-class PrecisionScope {
+// Storages a plan reads in place and never writes (its weights), by data pointer.
+using WeightIndex = std::unordered_map<const void*, Storage*>;
+
+// What kernels may know about the plan the calling thread runs (defaults outside plans): the GEMM
+// precision, and the plan's weights, from which a kernel may keep derived data (Storage::derived,
+// valid while the storage's version is unchanged and no view() is alive).
+struct PlanContext {
+  Precision precision = Precision::f32;
+  const WeightIndex* weights = nullptr;
+};
+const PlanContext& plan_context();
+inline Precision gemm_precision() { return plan_context().precision; }
+
+// Sets the calling thread's plan context for the scope's lifetime (plans run their steps inside one).
+class PlanContextScope {
  public:
-  explicit PrecisionScope(Precision p);
-  ~PrecisionScope();
-  PrecisionScope(const PrecisionScope&) = delete;
-  PrecisionScope& operator=(const PrecisionScope&) = delete;
+  explicit PlanContextScope(const PlanContext& c);
+  ~PlanContextScope();
+  PlanContextScope(const PlanContextScope&) = delete;
+  PlanContextScope& operator=(const PlanContextScope&) = delete;
 
  private:
-  Precision prev_;
+  PlanContext prev_;
 };
 
 }  // namespace mf

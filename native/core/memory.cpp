@@ -167,12 +167,15 @@ void storage_copy(Storage* dst, const Storage* src, size_t bytes) {
   if (bytes > dst->bytes || bytes > src->bytes)
     throw Error(ErrorKind::range, "copy: expected at most " + std::to_string(std::min(dst->bytes, src->bytes)) +
                                       " bytes but received " + std::to_string(bytes));
+  storage_written(dst);
   if (dst->device == kHostDevice && src->device == kHostDevice) {
     if (bytes) std::memmove(dst->ptr, src->ptr, bytes);
+    storage_written(dst);
     return;
   }
   int32_t dev = dst->device != kHostDevice ? dst->device : src->device;
   require_hooks(dev).copy(dst->ptr, dst->device, src->ptr, src->device, bytes);
+  storage_written(dst);
 }
 
 }  // namespace mf

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace mf {
 
@@ -36,12 +37,25 @@ struct DeviceHooks {
 void set_device_hooks(int32_t device, const DeviceHooks* hooks);
 const DeviceHooks* device_hooks(int32_t device);  // null when this build has no such device
 
+// Something computed from a storage's contents and kept with it (the cpu backend's bf16 copies of
+// weights); destroyed with the storage.
+struct Derived {
+  virtual ~Derived() = default;
+};
+
 // A block of memory shared by tensors, plans and async work. Starts with one reference.
 struct Storage {
   void* ptr;
   size_t bytes;
   std::atomic<int32_t> refs;
   int32_t device;  // kHostDevice or kCudaDevice
+  // Changes whenever the library writes the memory or hands JS a way to (op outputs, copies, writes
+  // from JS, each view()). A Derived value records the version it was computed from.
+  std::atomic<uint64_t> version{0};
+  // view() ArrayBuffers still alive: JS may write through them at any time, so while one exists the
+  // contents count as changing on every use.
+  std::atomic<int32_t> live_views{0};
+  std::unique_ptr<Derived> derived;  // touched only under the compute lock
 };
 
 Storage* storage_new(size_t bytes, int32_t device = kHostDevice);  // uninitialised contents
@@ -49,5 +63,7 @@ void storage_retain(Storage* s);
 void storage_release(Storage* s);    // frees the memory when the last reference goes
 // Copies `bytes` from src to dst, on any devices (synchronous).
 void storage_copy(Storage* dst, const Storage* src, size_t bytes);
+// Records a write to s (bumps its version).
+inline void storage_written(Storage* s) { s->version.fetch_add(1, std::memory_order_acq_rel); }
 
 }  // namespace mf

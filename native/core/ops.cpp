@@ -583,12 +583,12 @@ static void check_devices(const Backend& be, OpId op, const OpArgs& a) {
 }
 
 namespace {
-thread_local Precision t_precision = Precision::f32;
+thread_local PlanContext t_plan_context;
 }
 
-Precision gemm_precision() { return t_precision; }
-PrecisionScope::PrecisionScope(Precision p) : prev_(t_precision) { t_precision = p; }
-PrecisionScope::~PrecisionScope() { t_precision = prev_; }
+const PlanContext& plan_context() { return t_plan_context; }
+PlanContextScope::PlanContextScope(const PlanContext& c) : prev_(t_plan_context) { t_plan_context = c; }
+PlanContextScope::~PlanContextScope() { t_plan_context = prev_; }
 
 void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args) {
   check_devices(be, op, args);

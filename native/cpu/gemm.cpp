@@ -13,6 +13,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "../core/numeric.h"
 #include "cpu.h"
@@ -217,6 +218,60 @@ class ProfilerSignalBlock {
   sigset_t old_;
 };
 
+// bf16 copies of a plan weight (Storage::derived), one per GEMM layout it feeds, each valid for the
+// storage version it was made from.
+struct Bf16Copies : Derived {
+  struct Copy {
+    std::array<int64_t, 6> layout;  // K, N, b_k, b_n, rounded, copy size
+    std::unique_ptr<Scratch> data;
+    bool valid = false;
+    uint64_t version = 0;
+  };
+  std::vector<Copy> copies;
+};
+
+// Floats of scratch that hold n elements of e's bf16-mode operand copies.
+size_t copy_floats(const Entry& e, int64_t n) {
+  size_t esz = e.rounded ? sizeof(float) : sizeof(uint16_t);
+  return (static_cast<size_t>(n) * esz + sizeof(float) - 1) / sizeof(float);
+}
+
+// copy_bf16 in the form e's matmul reads: rounded floats or bf16 bits.
+void copy_operand(const Entry& e, const GemmShape& s, int64_t rows, int64_t cols, const float* src, const int64_t* bs,
+                  int64_t rs, int64_t cs, const Dense& d, float* dst) {
+  if (e.rounded) copy_bf16(s, rows, cols, src, bs, rs, cs, d, dst);
+  else copy_bf16(s, rows, cols, src, bs, rs, cs, d, reinterpret_cast<uint16_t*>(dst));
+}
+
+// The bf16 copy of B when B is a weight of the running plan whose copy is current (made now if the
+// weight changed since); null when B is not such a weight or JS may be writing it (a live view()).
+const void* cached_weight_copy(const GemmShape& s, const float* B, const Entry& e) {
+  const WeightIndex* weights = plan_context().weights;
+  if (!weights || s.batch[0] * s.batch[1] != 1) return nullptr;
+  auto it = weights->find(B);
+  if (it == weights->end()) return nullptr;
+  Storage* w = it->second;
+  if (w->live_views.load(std::memory_order_acquire) != 0) return nullptr;
+  auto* cache = dynamic_cast<Bf16Copies*>(w->derived.get());
+  if (!cache) {
+    w->derived = std::make_unique<Bf16Copies>();
+    cache = static_cast<Bf16Copies*>(w->derived.get());
+  }
+  const std::array<int64_t, 6> layout{s.K, s.N, s.b_k, s.b_n, e.rounded, e.db.size};
+  auto c = std::find_if(cache->copies.begin(), cache->copies.end(), [&](const Bf16Copies::Copy& x) { return x.layout == layout; });
+  uint64_t version = w->version.load(std::memory_order_acquire);
+  if (c == cache->copies.end()) {
+    cache->copies.push_back({layout, std::make_unique<Scratch>(copy_floats(e, e.db.size))});
+    c = cache->copies.end() - 1;
+  }
+  if (!c->valid || c->version != version) {
+    copy_operand(e, s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, c->data->get());
+    c->valid = true;
+    c->version = version;
+  }
+  return c->data->get();
+}
+
 }  // namespace
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
@@ -242,17 +297,15 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
     if (p == Precision::f32) {
       run(A, B);
     } else {  // bf16: dense rounded copies of A and B (bf16 bits, or bf16 values in float32)
-      size_t esz = e.rounded ? sizeof(float) : sizeof(uint16_t);
-      auto floats = [&](int64_t n) { return (static_cast<size_t>(n) * esz + sizeof(float) - 1) / sizeof(float); };
-      Scratch a(floats(e.da.size)), b(floats(e.db.size));
-      if (e.rounded) {
-        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, a.get());
-        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, b.get());
+      Scratch a(copy_floats(e, e.da.size));
+      copy_operand(e, s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, a.get());
+      if (const void* cached = cached_weight_copy(s, B, e)) {
+        run(a.get(), cached);
       } else {
-        copy_bf16(s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, reinterpret_cast<uint16_t*>(a.get()));
-        copy_bf16(s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, reinterpret_cast<uint16_t*>(b.get()));
+        Scratch b(copy_floats(e, e.db.size));
+        copy_operand(e, s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, b.get());
+        run(a.get(), b.get());
       }
-      run(a.get(), b.get());
     }
   } catch (const dnnl::error& err) {
     throw Error(ErrorKind::generic, std::string("gemm (oneDNN): ") + err.what() + " for M=" + std::to_string(s.M) +

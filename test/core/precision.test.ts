@@ -8,10 +8,11 @@
 import { describe, expect, it } from 'vitest';
 import { f32ToBf16, bf16ToF32 } from '../../lib/io/halfs.js';
 import { memoryStats } from '../../lib/memory.js';
-import { createModel } from '../../lib/models/index.js';
-import { attentionCore, conv2d, linear, randomMixing, starRelu } from '../../lib/ops.js';
+import { createModel, type MetaFormer } from '../../lib/models/index.js';
+import { attentionCore, conv2d, crossEntropy, linear, randomMixing, starRelu } from '../../lib/ops.js';
 import { bf16Native, compilePlan, type Precision } from '../../lib/plan.js';
-import { Tensor } from '../../lib/tensor.js';
+import { Tensor, tidy } from '../../lib/tensor.js';
+import { AdamW } from '../../lib/train/optim.js';
 import { randomTensor, relL2 } from '../helpers/tensors.js';
 
 const roundBf16 = (t: Tensor): Tensor => Tensor.from(bf16ToF32(f32ToBf16(t.toFloat32Array())), t.shape);
@@ -102,6 +103,8 @@ describe('bf16 predict()', () => {
       m.precision = 'float32';
       const f = await m.predict(x);
       m.precision = 'bf16';
+      // (compiling the float32 plan may have taken blocks the bf16 run had returned to the cache)
+      (await m.predict(x)).dispose();
       const a0 = memoryStats().systemAllocs;
       for (let i = 0; i < 3; ++i) (await m.predict(x)).dispose();
       expect(memoryStats().systemAllocs - a0).toBe(0);
@@ -112,6 +115,73 @@ describe('bf16 predict()', () => {
       expect(err).toBeLessThan(2e-2);
       for (const t of [a, f, again, x]) t.dispose();
     } finally {
+      m.dispose();
+    }
+  });
+});
+
+// Plans keep bf16 copies of their weights (made once, reused while the weight's version is unchanged
+// and no view() of it is alive). Every way a weight can change must show in the next predict(): the
+// result must equal a fresh model's (a fresh plan, no copies) with the same weights, bit for bit.
+describe('bf16 weight copies follow weight changes', () => {
+  const cfg = { family: 'caformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
+  const x = randomTensor([1, 3, 64, 64], 21);
+  const logitsOf = async (m: MetaFormer): Promise<number[]> => {
+    const y = await m.predict(x);
+    const out = Array.from(y.toFloat32Array());
+    y.dispose();
+    return out;
+  };
+  const fresh = async (m: MetaFormer): Promise<number[]> => {
+    const f = createModel(cfg, { precision: 'bf16' });
+    try {
+      f.loadStateDict(m.stateDict(), { strict: true });
+      return await logitsOf(f);
+    } finally {
+      f.dispose();
+    }
+  };
+
+  it('after writes through a kept view, loadStateDict, an optimizer step and copyTo', async () => {
+    const m = createModel(cfg, { precision: 'bf16' });
+    const opt = new AdamW(m, { lr: 1e-2 });
+    try {
+      let prev = await logitsOf(m);
+      expect(await logitsOf(m)).toEqual(prev);  // the copies made by the first call are reused
+      const changed = async (what: string) => {
+        const now = await logitsOf(m);
+        expect(now, what).not.toEqual(prev);
+        expect(now, what).toEqual(await fresh(m));
+        prev = now;
+      };
+      const sd = m.stateDict();
+      // a view kept by JS and written twice
+      const v = sd.get('stages.2.0.mlp.fc1.weight')!.view<'float32'>();
+      v[0] = v[0]! + 0.5;
+      await changed('first write through a view');
+      v[1] = v[1]! - 0.5;
+      await changed('second write through the same view');
+      // loadStateDict (a cast into the parameters)
+      const w = sd.get('stages.3.0.mlp.fc2.weight')!;
+      const bumped = Tensor.from(w.toFloat32Array().map((a) => a * 1.5), w.shape);
+      m.loadStateDict(new Map([['stages.3.0.mlp.fc2.weight', bumped]]), { strict: false });
+      bumped.dispose();
+      await changed('loadStateDict');
+      // copyTo into a parameter
+      const p = sd.get('stages.1.0.token_mixer.pwconv1.weight')!;
+      const src = Tensor.from(p.toFloat32Array().map((a) => -a), p.shape);
+      src._h.copyTo(p._h);
+      src.dispose();
+      await changed('copyTo');
+      // an optimizer step (native in-place updates of every parameter)
+      m.train();
+      tidy(() => crossEntropy(m.forward(x), [1]).backward());
+      opt.step();
+      opt.zeroGrad();
+      m.eval();
+      await changed('AdamW step');
+    } finally {
+      opt.dispose();
       m.dispose();
     }
   });
