@@ -26,9 +26,9 @@ export interface ModelRow {
   ortMs: number;
   torchMs: number;
   gflop: number;
-  /** Peak native memory while our predict() ran (weights, plan arena, input, output, scratch), MB. */
+  /** Peak native memory of predict() in this precision on a fresh model (weights, plan arena, input, output, scratch, bf16 weight copies), MB. */
   peakMB: number;
-  /** Blocks of >= 64 KiB taken from the system during the timed predict() calls (after a warm-up call). */
+  /** Blocks of >= 64 KiB taken from the system during the timed predict() calls (after two warm-up calls per precision). */
   systemAllocs: number;
 }
 
@@ -67,19 +67,21 @@ export async function runModels(opts: {
         const feeds = ort ? { input: new ort.Tensor('float32', xs, [batch, 3, 224, 224]) } : null;
         const ortT: number[] = [], torchT: number[] = [];
         const ours = opts.precisions.map((precision) => ({ precision, times: [] as number[], allocs: 0, peak: 0 }));
-        for (const o of ours) {  // compiles the plans: allocations from here on are steady state
-          model.precision = o.precision;
-          (await model.predict(x)).dispose();
+        // Compiles the plans and makes bf16's weight copies; the second pass lets each precision take
+        // back the cached blocks the other's first calls used. Allocations from here on are steady state.
+        for (let w = 0; w < 2; ++w) {
+          for (const o of ours) {
+            model.precision = o.precision;
+            (await model.predict(x)).dispose();
+          }
         }
         const iters = batch === 1 ? opts.iters : Math.max(2, Math.ceil(opts.iters / 4));
         for (let r = 0; r < opts.rounds; ++r) {
           for (const o of ours) {
             model.precision = o.precision;
-            resetPeakMemory();
             const a0 = memoryStats().systemAllocs;
             o.times.push(...await timeAsync(async () => (await model.predict(x)).dispose(), iters, 1));
             o.allocs += memoryStats().systemAllocs - a0;
-            o.peak = Math.max(o.peak, memoryStats().peak);
           }
           if (session && feeds) ortT.push(...await timeAsync(async () => { await session.run(feeds); }, iters, 1));
           if (opts.torch) {
@@ -90,14 +92,27 @@ export async function runModels(opts: {
           }
         }
         await session?.release();
-        // The other precisions' plans stay compiled (and their arenas allocated) while one precision runs.
-        const arena = (p: Precision) => model.plan(x.shape, 'logits', p).arenaBytes;
+        // Peak memory of one precision alone: a fresh model (this one holds both precisions' plans and
+        // the bf16 weight copies), counted from the memory live before it was created.
+        for (const o of ours) {
+          const base = memoryStats().live;
+          const alone = createModel(name);
+          try {
+            alone.eval();
+            alone.precision = o.precision;
+            (await alone.predict(x)).dispose();
+            resetPeakMemory();
+            (await alone.predict(x)).dispose();
+            o.peak = memoryStats().peak - base;
+          } finally {
+            alone.dispose();
+          }
+        }
         x.dispose();
         for (const o of ours) {
-          const others = ours.filter((q) => q !== o).reduce((sum, q) => sum + arena(q.precision), 0);
           const row: ModelRow = {
             model: name, batch, precision: o.precision, oursMs: median(o.times) * 1e3, ortMs: median(ortT) * 1e3, torchMs: median(torchT) * 1e3, gflop,
-            peakMB: (o.peak - others) / 2 ** 20, systemAllocs: o.allocs,
+            peakMB: o.peak / 2 ** 20, systemAllocs: o.allocs,
           };
           rows.push(row);
           const ips = (ms: number) => fmt((1000 * batch) / ms, 1);

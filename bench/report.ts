@@ -53,8 +53,8 @@ export function modelsMarkdown(rows: ModelRow[], m: MachineInfo, bf16Native: boo
       `${fmt(r.peakMB, 0)} | ${r.systemAllocs} |`);
   }
   lines.push('', 'peak MB: native memory at its highest while our `predict()` ran (weights, plan arena, input, output, ' +
-    'kernel scratch; not the arena of the other precision\'s plan, which stays compiled). system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after one ' +
-    'warm-up call (the rest come from the reuse cache; `memoryStats().systemAllocs`).');
+    'kernel scratch, bf16 weight copies), measured on a fresh model per precision. system allocs: blocks of 64 KiB or more taken from the system during the timed calls, after two ' +
+    'warm-up calls per precision (the rest come from the reuse cache; `memoryStats().systemAllocs`).');
   if (rows.some((r) => r.precision === 'bf16')) {
     lines.push('', bf16Native
       ? 'bf16: oneDNN\'s bf16 matmul (this CPU has AVX512-BF16/AMX); the ratios compare it with the peers\' fp32.'

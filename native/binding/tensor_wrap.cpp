@@ -169,13 +169,17 @@ static void release_view(Napi::Env, void*, Storage* s) {
   storage_release(s);
 }
 
+size_t NativeTensor::host_bytes(Napi::Env env, const char* op) const {
+  TensorView v = view_of(env, op, "this");
+  if (storage_->device != kHostDevice)
+    throw Napi::TypeError::New(env, std::string(op) + ": expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
+  return static_cast<size_t>(v.numel()) * dtype_size(dtype_);
+}
+
 Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  TensorView v = view_of(env, "view", "this");
-  if (storage_->device != kHostDevice)
-    throw Napi::TypeError::New(env, "view: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
+  size_t bytes = host_bytes(env, "view");
   storage_retain(storage_);  // the view's own reference; its memory is already accounted by the tensor
-  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
   Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, storage_->ptr, bytes, release_view, storage_);
   storage_->live_views.fetch_add(1, std::memory_order_acq_rel);
   storage_written(storage_);
@@ -185,10 +189,7 @@ Napi::Value NativeTensor::View(const Napi::CallbackInfo& info) {
 // The bytes of a host tensor, copied into a new ArrayBuffer (no view is left behind).
 Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  TensorView v = view_of(env, "read", "this");
-  if (storage_->device != kHostDevice)
-    throw Napi::TypeError::New(env, "read: expected a cpu tensor for this but received a cuda tensor; copy it with .to('cpu')");
-  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
+  size_t bytes = host_bytes(env, "read");
   Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, bytes);
   if (bytes) std::memcpy(buf.Data(), storage_->ptr, bytes);
   return buf;
@@ -197,13 +198,10 @@ Napi::Value NativeTensor::Read(const Napi::CallbackInfo& info) {
 // Copies a Uint8Array of exactly the tensor's size into a host tensor.
 Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  TensorView v = view_of(env, "write", "this");
-  if (storage_->device != kHostDevice)
-    throw Napi::TypeError::New(env, "write: expected a cpu tensor for this but received a cuda tensor");
+  size_t bytes = host_bytes(env, "write");
   if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
     throw Napi::TypeError::New(env, "write: expected a Uint8Array for data");
   Napi::Uint8Array src = info[0].As<Napi::Uint8Array>();
-  size_t bytes = static_cast<size_t>(v.numel()) * dtype_size(dtype_);
   if (src.ByteLength() != bytes)
     throw Napi::RangeError::New(env, "write: expected " + std::to_string(bytes) + " bytes for data but received " +
                                          std::to_string(src.ByteLength()) + " bytes");

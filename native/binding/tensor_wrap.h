@@ -36,6 +36,8 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value Device(const Napi::CallbackInfo& info);
   Napi::Value CopyTo(const Napi::CallbackInfo& info);
   void release(Napi::Env env);
+  // The byte size of this live host tensor (throws a JS error naming op otherwise).
+  size_t host_bytes(Napi::Env env, const char* op) const;
 
   Storage* storage_ = nullptr;
   bool tracked_ = false;  // its bytes are reported to V8 (see track())

@@ -94,5 +94,20 @@ describe('the addon re-checks raw calls and never crashes', () => {
     expect(() => new addon.Plan({ backend: 1, slots: [{ dtype: 0, shape: [2] }], consts: [], inputs: [0], outputs: [0],
       steps: [{ op: OP.linear, dir: 0, ins: [0, 0, -1], outs: [0], attrs: [] }] })).toThrow(/linear: expected a tensor of rank 2 for w/);
     expect(() => new addon.Plan({ backend: 1, slots: [], consts: [], inputs: [3], outputs: [], steps: [] })).toThrow(/bad input\/output slot/);
+    expect(() => new addon.Plan({ backend: 1, precision: 7, slots: [], consts: [], inputs: [], outputs: [], steps: [] }))
+      .toThrow(/Plan: expected a precision code \(0: float32, 1: bf16\) but received 7/);
+    expect(() => new addon.Plan({ backend: BACKEND_ID.ref, precision: 1, slots: [], consts: [], inputs: [], outputs: [], steps: [] }))
+      .toThrow(/Plan: bf16 precision needs the cpu backend, not ref/);
+  });
+  it('read() and write() check sizes, types and liveness', () => {
+    const t = f32([2, 3]);
+    expect(() => h(t).write(new Uint8Array(5))).toThrow(/write: expected 24 bytes for data but received 5 bytes/);
+    expect(() => h(t).write(new Float32Array(6) as unknown as Uint8Array)).toThrow(/write: expected a Uint8Array for data/);
+    expect(() => h(t).write('x' as unknown as Uint8Array)).toThrow(TypeError);
+    h(t).write(new Uint8Array(new Float32Array([1, 2, 3, 4, 5, 6]).buffer));
+    expect(Array.from(new Float32Array(h(t).read()))).toEqual([1, 2, 3, 4, 5, 6]);
+    t.dispose();
+    expect(() => h(t).read()).toThrow(/read: .*disposed/);
+    expect(() => h(t).write(new Uint8Array(24))).toThrow(/write: .*disposed/);
   });
 });
