@@ -76,7 +76,8 @@ async function writeTensorsAtomic(file: string, tensors: [string, Tensor][], met
     for (let i = 0; i < list.length; ++i) {
       await opts.beforeChunk?.(i + 1, total);
       const t = list[i]![1];
-      await writeAll(handle, new Uint8Array(t._live('checkpoint', list[i]![0]).view()));
+      // a copy, one tensor at a time: a view of a parameter would make bf16 plans remake its copy until collected
+      await writeAll(handle, new Uint8Array(t._live('checkpoint', list[i]![0]).read()));
     }
   });
 }
