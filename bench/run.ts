@@ -5,6 +5,7 @@
  *   --models a,b      models for the model suite (default: the five S-size models)
  *   --batches 1,32    batch sizes (default 1,32)
  *   --precisions float32,bf16   our precisions in the model suite (default both; the peers run float32)
+ *   --model NAME --batch N --precision P   the profile suite's model, batch and precision
  *   --no-torch        skip PyTorch;  --no-ort  skip onnxruntime-node
  *   --out FILE        results file (default bench/RESULTS.md; --no-write to only print)
  *   --threads N       native thread pool size (default: all cores)
@@ -36,6 +37,7 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
       'no-torch': { type: 'boolean', default: false }, 'no-ort': { type: 'boolean', default: false },
       out: { type: 'string' }, 'no-write': { type: 'boolean', default: false }, threads: { type: 'string' },
       model: { type: 'string', default: 'caformer_s18' }, batch: { type: 'string', default: '1' },
+      precision: { type: 'string', default: 'float32' },
     },
   });
   const suites = positionals.length ? positionals : ['kernels'];
@@ -71,7 +73,8 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
     model.eval();
     const b = Number(values.batch);
     const x = Tensor.zeros([b, 3, 224, 224]);
-    const plan = model.plan(x.shape);
+    const precision = checkPrecision(values.precision, '--precision');
+    const plan = model.plan(x.shape, 'logits', precision);
     plan.profile(x);
     const byOp = new Map<string, number>();
     const steps = plan.profile(x);
@@ -80,7 +83,7 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
       byOp.set(s.op, (byOp.get(s.op) ?? 0) + s.seconds);
       total += s.seconds;
     }
-    log(`profile ${values.model} batch ${b}: ${fmt(total * 1e3, 1)} ms in ${steps.length} steps`);
+    log(`profile ${values.model} batch ${b} ${precision}: ${fmt(total * 1e3, 1)} ms in ${steps.length} steps`);
     for (const [op, t] of [...byOp].sort((a, c) => c[1] - a[1])) log(`  ${op.padEnd(14)} ${fmt(t * 1e3, 2).padStart(9)} ms  ${fmt((100 * t) / total, 1).padStart(5)}%`);
     const slow = [...steps.entries()].sort((a, c) => c[1].seconds - a[1].seconds).slice(0, 10);
     log('  slowest steps:');

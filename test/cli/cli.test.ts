@@ -302,8 +302,14 @@ describe('metaformer export-onnx and bench', () => {
   it('profiles a model per op and per step', () => {
     const r = cli('bench', 'profile', '--model', 'poolformerv2_s12', '--no-write');
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/profile poolformerv2_s12 batch 1: [\d.]+ ms in \d+ steps/);
+    expect(r.stdout).toMatch(/profile poolformerv2_s12 batch 1 float32: [\d.]+ ms in \d+ steps/);
     expect(r.stdout).toMatch(/fused_linear|linear/);
     expect(r.stdout).toMatch(/slowest steps:/);
+    const b = cli('bench', 'profile', '--model', 'identityformer_s12', '--precision', 'bf16', '--no-write');
+    expect(b.code, b.stderr).toBe(0);
+    expect(b.stdout).toMatch(/profile identityformer_s12 batch 1 bf16: [\d.]+ ms in \d+ steps/);
+    const bad = cli('bench', 'profile', '--precision', 'fp16', '--no-write');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/Expected 'float32' or 'bf16' for --precision but received "fp16"/);
   });
 });

@@ -113,7 +113,16 @@ describe('bf16 predict()', () => {
       const err = relL2(a.toFloat32Array(), f.toFloat32Array());
       expect(err).toBeGreaterThan(1e-5);
       expect(err).toBeLessThan(2e-2);
-      for (const t of [a, f, again, x]) t.dispose();
+      // features() and the stage maps run through their own bf16 plan
+      const fb = await m.features(x, { stages: true });
+      m.precision = 'float32';
+      const ff = await m.features(x, { stages: true });
+      for (const [b16, b32] of [[fb.features, ff.features], ...fb.stages!.map((t, i) => [t, ff.stages![i]!])] as [Tensor, Tensor][]) {
+        const e = relL2(b16.toFloat32Array(), b32.toFloat32Array());
+        expect(e).toBeGreaterThan(1e-5);
+        expect(e).toBeLessThan(2e-2);
+      }
+      for (const t of [a, f, again, x, fb.features, ff.features, ...fb.stages!, ...ff.stages!]) t.dispose();
     } finally {
       m.dispose();
     }

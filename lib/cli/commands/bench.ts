@@ -4,11 +4,11 @@ import type { Command } from '../command.js';
 export const benchCommand: Command = {
   name: 'bench',
   summary: 'run the benchmarks against onnxruntime-node and PyTorch, or profile a model per layer',
-  usage: '[kernels|models|train|profile|all] [--rounds N] [--iters N] [--models a,b] [--batches 1,32] [--precisions float32,bf16] [--model name --batch N] [--no-torch] [--no-ort] [--no-write]',
-  details: '`profile` prints where the time of one forward pass goes, per op and per step (--model, --batch).',
+  usage: '[kernels|models|train|profile|all] [--rounds N] [--iters N] [--models a,b] [--batches 1,32] [--precisions float32,bf16] [--model name --batch N --precision float32|bf16] [--no-torch] [--no-ort] [--no-write]',
+  details: '`profile` prints where the time of one forward pass goes, per op and per step (--model, --batch, --precision).',
   options: {
     rounds: { type: 'string' }, iters: { type: 'string' }, models: { type: 'string' }, batches: { type: 'string' }, precisions: { type: 'string' },
-    model: { type: 'string' }, batch: { type: 'string' }, threads: { type: 'string' }, out: { type: 'string' },
+    model: { type: 'string' }, batch: { type: 'string' }, precision: { type: 'string' }, threads: { type: 'string' }, out: { type: 'string' },
     'no-torch': { type: 'boolean' }, 'no-ort': { type: 'boolean' }, 'no-write': { type: 'boolean' },
   },
   async run({ values, positionals, io }) {
