@@ -14,6 +14,8 @@ export interface NativeTensorHandle {
   read(): ArrayBuffer;
   /** Copies exactly the tensor's byte size in (host tensors). */
   write(data: Uint8Array): void;
+  /** Frees data kept with the memory (bf16 copies of a weight). */
+  dropDerived(): void;
   /** A second handle to the same memory with another shape (same element count). */
   share(shape: number[]): NativeTensorHandle;
   dispose(): void;

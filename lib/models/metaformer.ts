@@ -338,9 +338,11 @@ export class MetaFormer extends Module {
     return { features: features! };
   }
 
+  /** Drops the compiled plans and the bf16 copies of the weights that bf16 plans keep. */
   clearPlans(): void {
     for (const p of this.plans.values()) p.dispose();
     this.plans.clear();
+    for (const p of this.parameters()) if (!p.disposed) p._h.dropDerived();
   }
 
   override dispose(): void {

@@ -3,6 +3,7 @@
 //   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only; while it lives the memory
 //              counts as changing, see Storage::live_views)
 //   t.read() -> ArrayBuffer (a copy)   t.write(Uint8Array) (copies in; the sizes must match)
+//   t.dropDerived(): frees data kept with the memory (bf16 copies of a weight; see Storage::derived)
 //   t.share(shape[]) -> NativeTensor (same memory)   t.copyTo(other) (same byte size, any devices)
 //   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
 //   t.track(): reports this handle's bytes to V8's GC heuristics from now until it is released. Handles
@@ -15,6 +16,7 @@
 #include <cstring>
 #include <string>
 
+#include "../core/threading.h"
 #include "common.h"
 #ifdef METAFORMER_WITH_CUDA
 #include "../cuda/device.h"
@@ -54,7 +56,8 @@ int64_t tracked_external_bytes() { return g_tracked.load(); }
 Napi::Function NativeTensor::Define(Napi::Env env) {
   return DefineClass(env, "NativeTensor",
                      {InstanceMethod<&NativeTensor::View>("view"), InstanceMethod<&NativeTensor::Read>("read"),
-                      InstanceMethod<&NativeTensor::Write>("write"), InstanceMethod<&NativeTensor::Share>("share"),
+                      InstanceMethod<&NativeTensor::Write>("write"), InstanceMethod<&NativeTensor::DropDerived>("dropDerived"),
+                      InstanceMethod<&NativeTensor::Share>("share"),
                       InstanceMethod<&NativeTensor::Dispose>("dispose"), InstanceMethod<&NativeTensor::Track>("track"),
                       InstanceMethod<&NativeTensor::CopyTo>("copyTo"),
                       InstanceAccessor<&NativeTensor::Disposed>("disposed"),
@@ -208,6 +211,14 @@ Napi::Value NativeTensor::Write(const Napi::CallbackInfo& info) {
   if (bytes) std::memcpy(storage_->ptr, src.Data(), bytes);
   storage_written(storage_);
   return env.Undefined();
+}
+
+Napi::Value NativeTensor::DropDerived(const Napi::CallbackInfo& info) {
+  if (storage_) {
+    ComputeScope scope;  // a plan may be using it on a worker thread
+    storage_->derived.reset();
+  }
+  return info.Env().Undefined();
 }
 
 Napi::Value NativeTensor::Share(const Napi::CallbackInfo& info) {

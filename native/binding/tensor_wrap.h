@@ -28,6 +28,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value View(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
+  Napi::Value DropDerived(const Napi::CallbackInfo& info);
   Napi::Value Share(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value Track(const Napi::CallbackInfo& info);
