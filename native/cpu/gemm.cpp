@@ -1,5 +1,6 @@
-// gemm.cpp: oneDNN matmul with a per-shape primitive cache (see gemm.h). oneDNN runs on the same
-// OpenMP pool as our kernels (Debian's libdnnl is built with the OpenMP runtime).
+// gemm.cpp: oneDNN matmul with a per-shape primitive cache (see gemm.h), and the bf16 mode's operand
+// copies (kept with the storage for plan weights). oneDNN runs on the same OpenMP pool as our kernels
+// (Debian's libdnnl is built with the OpenMP runtime).
 #include "gemm.h"
 
 #include <pthread.h>

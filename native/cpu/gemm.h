@@ -6,11 +6,13 @@
 // w^T, one head of a packed qkv tensor) need no copies. Primitives are created once per distinct
 // description and cached.
 //
-// Precision (per calling thread, mf::gemm_precision() in core/backend.h): in bf16 mode A and B are rounded to bfloat16
-// (nearest even) and multiplied with float32 accumulation; bias, epilogue and C stay float32. Where
-// oneDNN has a bf16 matmul for this CPU (AVX512-BF16, AMX) that kernel runs on bf16 copies of A and B;
-// elsewhere the float32 kernel runs on the rounded values, which gives the same products (a product of
-// two bf16 values is exact in float32) and differs from native bf16 only in summation order.
+// Precision (per calling thread, mf::gemm_precision() in core/backend.h): in bf16 mode A and B are
+// rounded to bfloat16 (nearest even) and multiplied with float32 accumulation; bias, epilogue and C
+// stay float32. Where oneDNN has a bf16 matmul for this CPU (AVX512-BF16, AMX) that kernel runs on bf16
+// copies of A and B; elsewhere the float32 kernel runs on the rounded values, which gives the same
+// products (a product of two bf16 values is exact in float32) and differs from native bf16 only in
+// summation order. When B is a weight of the running plan (mf::plan_context()), its copy is kept with
+// the weight's storage and remade only when the storage's version changes.
 #pragma once
 #include <cstdint>
 
