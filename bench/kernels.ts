@@ -5,6 +5,8 @@
  * working-set size). PyTorch's depthwise conv and attention run side by side when it is installed.
  */
 import { addon, BACKEND_ID, OP, type OpName } from '../lib/native.js';
+import { linear } from '../lib/ops.js';
+import { bf16Native, compilePlan, type CompiledPlan, type Precision } from '../lib/plan.js';
 import { Tensor } from '../lib/tensor.js';
 import { runTorch } from './lib/peers.js';
 import { fmt, median, timeSync } from './lib/timing.js';
@@ -12,6 +14,8 @@ import { fmt, median, timeSync } from './lib/timing.js';
 interface KernelCase {
   name: string;
   op: OpName;
+  /** bf16: run as a one-step bf16 plan (linear only: x the input, the weight a plan constant). */
+  precision?: Precision;
   dir: 0 | 1;
   ins: (number[] | null | 'ids')[];
   outs: (number[] | null)[];
@@ -44,6 +48,9 @@ function cases(): KernelCase[] {
   gemm('qkv s3', 196, 320, 960);
   gemm('mlp.fc1 s3', 196, 320, 1280);
   gemm('mlp.fc1 s4', 49, 512, 2048);
+  for (const [name, M, K, N] of [['mlp.fc1 s1', 3136, 64, 256], ['qkv s3', 196, 320, 960], ['mlp.fc1 s3', 196, 320, 1280], ['mlp.fc1 s4', 49, 512, 2048]] as const) {
+    out.push({ name: `linear ${name} fwd bf16`, op: 'linear', dir: 0, precision: 'bf16', ins: [[M, K], [N, K], null], outs: [[M, N]], attrs: [], flops: 2 * M * K * N });
+  }
   const conv = (name: string, x: number[], w: number[], s: number, p: number, nchw: number, y: number[]) => {
     const fl = 2 * numel(y) * w[1]! * w[2]! * w[3]!;
     out.push({ name: `conv2d ${name} fwd`, op: 'conv2d', dir: 0, ins: [x, w, [w[0]!]], outs: [y], attrs: [s, p, nchw], flops: fl });
@@ -101,10 +108,17 @@ function tensorFor(spec: number[] | null | 'ids'): Tensor | null {
 
 function timeCase(c: KernelCase, iters: number): number {
   const ins = c.ins.map(tensorFor), outs = c.outs.map((s) => tensorFor(s));
-  const run = () => addon.run(OP[c.op], c.dir, BACKEND_ID.cpu, ins.map((t) => t?._h ?? null), outs.map((t) => t?._h ?? null), c.attrs);
+  let run = () => addon.run(OP[c.op], c.dir, BACKEND_ID.cpu, ins.map((t) => t?._h ?? null), outs.map((t) => t?._h ?? null), c.attrs);
+  let plan: CompiledPlan | null = null;
+  if (c.precision === 'bf16') {
+    if (c.op !== 'linear' || c.dir !== 0) throw new Error(`kernel bench: bf16 rows are linear forwards (${c.name})`);
+    const p = (plan = compilePlan((x) => linear(x, ins[1]!, ins[2] ?? null), ins[0]!.shape, 'cpu', { precision: 'bf16' }));
+    run = () => p.runSync(ins[0]!).forEach((t) => t.dispose());
+  }
   // At least `iters` runs and ~60 ms of them (sub-millisecond kernels get hundreds of samples).
   const once = median(timeSync(run, 3, 2));
   const t = median(timeSync(run, Math.min(1000, Math.max(iters, Math.ceil(0.06 / Math.max(once, 1e-6)))), 0));
+  plan?.dispose();
   for (const x of [...ins, ...outs]) x?.dispose();
   return t;
 }
@@ -113,11 +127,11 @@ function timeCase(c: KernelCase, iters: number): number {
  * oneDNN's large-square rate, GFLOP/s: the best of three medians (a ceiling; one median taken while
  * the shared machine was busy once put every GEMM row above 100%).
  */
-function gemmCeiling(iters: number): number {
+function gemmCeiling(iters: number, precision: Precision = 'float32'): number {
   const n = 1024;
   let best = Infinity;
   for (let r = 0; r < 3; ++r) {
-    best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
+    best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, precision, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
   }
   return (2 * n ** 3) / best / 1e9;
 }
@@ -142,6 +156,8 @@ function bandwidth(bytes: number, iters: number): number {
 
 export interface KernelResults {
   gemmCeiling: number;
+  /** The same 1024^3 GEMM as a bf16 plan (oneDNN's bf16 matmul, or the emulation: see bf16Native). */
+  bf16Ceiling: number;
   rows: KernelRow[];
   torch: Record<string, number> | { error: string };
 }
@@ -165,8 +181,8 @@ function torchKernels(iters: number): Record<string, number> | { error: string }
 }
 
 export function runKernels(opts: { iters: number; torch: boolean; log: (s: string) => void }): KernelResults {
-  const ceiling = gemmCeiling(opts.iters);
-  opts.log(`GEMM ceiling (oneDNN, 1024^3): ${fmt(ceiling, 1)} GFLOP/s`);
+  const ceiling = gemmCeiling(opts.iters), bf16Ceiling = gemmCeiling(opts.iters, 'bf16');
+  opts.log(`GEMM ceiling (oneDNN, 1024^3): ${fmt(ceiling, 1)} GFLOP/s; bf16 ${fmt(bf16Ceiling, 1)} GFLOP/s (${bf16Native() ? 'native' : 'emulated'})`);
   // PyTorch runs before and after ours; each peer kernel keeps the faster of its two medians (this
   // machine's load drifts within minutes, and the faster run is the fairer peer).
   const before = opts.torch ? torchKernels(opts.iters) : { error: 'not run' };
@@ -178,8 +194,8 @@ export function runKernels(opts: { iters: number; torch: boolean; log: (s: strin
   for (const [i, c] of all.entries()) {
     const t = best[i]!;
     if (c.flops) {
-      const rate = c.flops / t / 1e9;
-      rows.push({ name: c.name, ms: t * 1e3, rate: `${fmt(rate, 1)} GFLOP/s`, ceiling: `${fmt(ceiling, 0)} GFLOP/s`, efficiency: rate / ceiling });
+      const rate = c.flops / t / 1e9, top = c.precision === 'bf16' ? bf16Ceiling : ceiling;
+      rows.push({ name: c.name, ms: t * 1e3, rate: `${fmt(rate, 1)} GFLOP/s`, ceiling: `${fmt(top, 0)} GFLOP/s`, efficiency: rate / top });
     } else {
       const rate = c.bytes! / t / 1e9, bw = bandwidth(c.bytes!, opts.iters);
       rows.push({ name: c.name, ms: t * 1e3, rate: `${fmt(rate, 1)} GB/s`, ceiling: `${fmt(bw, 0)} GB/s`, efficiency: rate / bw });
@@ -196,5 +212,5 @@ export function runKernels(opts: { iters: number; torch: boolean; log: (s: strin
     opts.log(`${row.name.padEnd(44)} ${fmt(row.ms, 3).padStart(9)} ms  ${row.rate.padStart(14)}  ${(100 * row.efficiency).toFixed(0).padStart(4)}% of ${row.ceiling}` +
       (row.torchMs ? `  (PyTorch ${fmt(row.torchMs, 3)} ms, ${fmt(row.torchMs / row.ms, 2)}x)` : ''));
   }
-  return { gemmCeiling: ceiling, rows, torch };
+  return { gemmCeiling: ceiling, bf16Ceiling, rows, torch };
 }

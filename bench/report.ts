@@ -27,9 +27,11 @@ export function machineLine(m: MachineInfo, when = new Date()): string {
   return `${when.toISOString().slice(0, 10)}, ${m.cpu}, ${m.cores} cores, ${m.flags.join(' ') || 'no AVX2'}, Node ${m.node}`;
 }
 
-export function kernelsMarkdown(r: KernelResults, m: MachineInfo): string {
-  const lines = [`## Kernels (batch 1, MetaFormer-S18 shapes, fp32, cpu backend)`, '', `Measured ${machineLine(m)}. ` +
-    `GEMM ceiling: oneDNN 1024³ matmul, ${fmt(r.gemmCeiling, 1)} GFLOP/s. Memory ceiling: a streaming kernel ` +
+export function kernelsMarkdown(r: KernelResults, m: MachineInfo, bf16Native: boolean): string {
+  const lines = [`## Kernels (batch 1, MetaFormer-S18 shapes, fp32 unless marked bf16, cpu backend)`, '', `Measured ${machineLine(m)}. ` +
+    `GEMM ceiling: oneDNN 1024³ matmul, ${fmt(r.gemmCeiling, 1)} GFLOP/s (bf16 rows: the same GEMM as a bf16 plan, ` +
+    `${fmt(r.bf16Ceiling, 1)} GFLOP/s, ${bf16Native ? 'oneDNN\'s bf16 matmul' : 'emulated on this CPU: fp32 kernels on rounded operands'}; ` +
+    `bf16 rows run as one-step plans, so the weight's bf16 copy is made once). Memory ceiling: a streaming kernel ` +
     `(axpy) over the same working-set size. Each row: the best of three medians (three rounds over all rows, ` +
     `each median over at least ~60 ms of runs). PyTorch 1.13 (2 threads) runs before and after ours; each of its kernels ` +
     `keeps the faster of the two medians.`, '',

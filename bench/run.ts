@@ -51,7 +51,7 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
   const all = suites.includes('all');
   if (all || suites.includes('kernels')) {
     const r = runKernels({ iters: Math.max(iters, 10), torch: !values['no-torch'], log });
-    if (write) updateResults(out, 'kernels', kernelsMarkdown(r, m));
+    if (write) updateResults(out, 'kernels', kernelsMarkdown(r, m, bf16Native()));
   }
   if (all || suites.includes('models')) {
     const rows = await runModels({
