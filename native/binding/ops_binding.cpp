@@ -16,18 +16,21 @@ struct Unpacked {
   OpId op;
   Dir dir;
   const Backend* be;
-  std::vector<Storage*> holds;    // references kept alive for async execution
-  std::vector<Storage*> written;  // the outputs' storages (their versions change after the op)
+  std::vector<Storage*> holds;  // references kept alive for async execution
+  Storage* written[kMaxOut] = {};  // the outputs' storages (their versions change after the op)
 };
+
+static_assert(kMaxOut >= kMaxIn, "unpack_list fills written[] with up to kMaxIn outputs");
 
 // Runs the op (the caller holds the compute lock) and records the writes to its outputs.
 void execute(const Unpacked& u) {
   run_op(*u.be, u.op, u.dir, u.args);
-  for (Storage* s : u.written) storage_written(s);
+  for (int i = 0; i < u.args.n_out; ++i)
+    if (u.written[i]) storage_written(u.written[i]);
 }
 
 void unpack_list(Napi::Env env, const Napi::Value& v, const char* op, const char* kind, TensorView* dst, int& n,
-                 std::vector<Storage*>* holds, std::vector<Storage*>* seen = nullptr) {
+                 std::vector<Storage*>* holds, Storage** seen = nullptr) {
   if (!v.IsArray()) throw Napi::TypeError::New(env, std::string(op) + ": expected an array of " + kind);
   Napi::Array arr = v.As<Napi::Array>();
   if (arr.Length() > static_cast<uint32_t>(kMaxIn))
@@ -38,7 +41,7 @@ void unpack_list(Napi::Env env, const Napi::Value& v, const char* op, const char
     NativeTensor* t = NativeTensor::from(env, arr.Get(i), op, role, true);
     dst[i] = t ? t->view_of(env, op, role) : TensorView{};
     if (t && holds) holds->push_back(t->storage());
-    if (t && seen) seen->push_back(t->storage());
+    if (t && seen) seen[i] = t->storage();
   }
 }
 
@@ -52,7 +55,7 @@ Unpacked unpack(const Napi::CallbackInfo& info, bool hold) {
   u.dir = to_int(env, info[1], "a direction") ? Dir::backward : Dir::forward;
   u.be = &backend_by_id(env, to_int(env, info[2], "a backend id"));
   unpack_list(env, info[3], name, "inputs", u.args.in, u.args.n_in, hold ? &u.holds : nullptr);
-  unpack_list(env, info[4], name, "outputs", u.args.out, u.args.n_out, hold ? &u.holds : nullptr, &u.written);
+  unpack_list(env, info[4], name, "outputs", u.args.out, u.args.n_out, hold ? &u.holds : nullptr, u.written);
   if (info[5].IsTypedArray()) {
     Napi::Float64Array at = info[5].As<Napi::Float64Array>();
     if (at.ElementLength() > static_cast<size_t>(kMaxAttr)) throw Napi::RangeError::New(env, std::string(name) + ": too many attributes");

@@ -167,7 +167,7 @@ void storage_copy(Storage* dst, const Storage* src, size_t bytes) {
   if (bytes > dst->bytes || bytes > src->bytes)
     throw Error(ErrorKind::range, "copy: expected at most " + std::to_string(std::min(dst->bytes, src->bytes)) +
                                       " bytes but received " + std::to_string(bytes));
-  storage_written(dst);
+  // The version changes after the bytes land: data derived while the copy ran is remade next time.
   if (dst->device == kHostDevice && src->device == kHostDevice) {
     if (bytes) std::memmove(dst->ptr, src->ptr, bytes);
     storage_written(dst);
