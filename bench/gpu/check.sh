@@ -5,26 +5,32 @@
 #
 # Needs: an NVIDIA GPU with its driver, nvcc, CMake, a C++ compiler, cuBLAS (the toolkit's, or the
 # nvidia-cublas Python wheel that PyTorch installs: found automatically), Python with PyTorch for the
-# peer benchmarks (timm for the model peers). It does NOT need Node: the op checks, the model fixtures
-# and our model timings run from the C++ checker (native/cuda/tests), which replays model plans exported
-# beforehand on a machine with Node:
+# peer benchmarks (timm for the model peers). It does NOT need Node installed: the op checks, the model
+# fixtures and our model timings run from the C++ checker (native/cuda/tests), which replays model plans,
+# and the Node library's GPU tests run on a Node carried along. Prepare both where Node is:
 #
-#   npm run build:ts && node dist/bench/gpu/export_plans.js build-gpu-plans     (writes ~10 MB)
+#   bash bench/gpu/prepare.sh        (writes build-gpu-carry/: Node, the CUDA addon, vitest, fixtures)
 #
-# and carry build-gpu-plans along. Without it the model stages report SKIPPED.
+# and carry build-gpu-carry along; check.sh unpacks it and exports the plans there. Plans exported
+# beforehand (node dist/bench/gpu/export_plans.js build-gpu-plans) are used when present. Without either
+# the model and Node stages report SKIPPED.
 #
 # Stages (each reports PASS, FAIL or SKIPPED with the reason, in $OUT/check.log and the results):
 #   env        card, driver, toolkit, PyTorch
 #   build      standalone CMake build of metaformer_cuda_check for sm_90 with cuBLAS
 #   ops        every op, forward and backward, CUDA vs the reference backend (random odd shapes)
+#   node       unpacks build-gpu-carry (Node, the addon built with CUDA, vitest, the tiny fixtures) and
+#              exports the model plans with it
 #   fixtures   the five tiny model fixtures (logits, features, stage outputs) replayed on the GPU
 #   kernels    our depthwise 7x7 conv and attention kernels at MetaFormer shapes, B = 1, 64, 256
 #   models     our caformer_s18 / convformer_s18 forward at 224, B = 1, 64, 256 (fp32)
+#   nodetests  the library's GPU tests through Node (vitest): device handling, tensors to and from the
+#              GPU, the tiny model fixtures forward and backward on 'cuda' against the float64 reference,
+#              predict()/features() on the GPU, an AdamW step on the GPU against the CPU
 #   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
-#   addon      SKIPPED here by design: the Node addon also needs oneDNN and Node; its CUDA code is the
-#              same objects the checker links
+#   Logs other than check.log are packed into $OUT/logs.tar.gz (a GPU lease returns few files).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -116,6 +122,37 @@ fi
 # The checker finds cuBLAS through its RPATH; the wheel's other libraries through LD_LIBRARY_PATH.
 if [ -n "${WHEEL:-}" ]; then export LD_LIBRARY_PATH="$WHEEL/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
 
+# --- node: the carried Node, addon and fixtures; the model plans ---------------------------------------
+CARRY=${CARRY_DIR:-$ROOT/build-gpu-carry}
+NODE=""
+NB=${TMPDIR:-/tmp}/metaformer-node
+if [ ! -f "$CARRY/node.xz" ]; then
+  stage node SKIPPED "no $CARRY (run bench/gpu/prepare.sh where Node is, carry the folder)"
+elif ! { rm -rf "$NB" && mkdir -p "$NB/lib" "$NB/fixtures" node_modules \
+         && xz -dc "$CARRY/node.xz" > "$NB/node" && chmod +x "$NB/node" \
+         && tar -C "$NB/lib" -xJf "$CARRY/libs.tar.xz" && tar -C "$NB/fixtures" -xJf "$CARRY/fixtures.tar.xz" \
+         && tar -C node_modules -xJf "$CARRY/nm.tar.xz" && tar -xJf "$CARRY/dist.tar.xz"; } > "$OUT/node.log" 2>&1; then
+  stage node FAIL "unpacking $CARRY failed (node.log)"
+else
+  export METAFORMER_ADDON=$CARRY/metaformer.node METAFORMER_FIXTURES=$NB/fixtures
+  for d in ${CUBLAS_ROOT_ARG#-DMETAFORMER_CUBLAS_ROOT=} ${WHEEL:-}; do
+    [ -n "$d" ] && export LD_LIBRARY_PATH="$d/lib:$d/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  export LD_LIBRARY_PATH="$NB/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if info=$("$NB/node" -e 'const a = require(process.env.METAFORMER_ADDON); const b = a.buildInfo();
+        console.log(process.version, JSON.stringify({ cuda: b.cuda }))' 2>>"$OUT/node.log"); then
+    NODE=$NB/node
+    if ! ls "$PLANS"/*.plan >/dev/null 2>&1; then
+      run_limited 60 "$NODE" dist/bench/gpu/export_plans.js "$PLANS" --fixtures "$NB/fixtures" >> "$OUT/node.log" 2>&1 \
+        || log "export_plans failed (node.log)"
+    fi
+    stage node PASS "$info; $(ls "$PLANS"/*.plan 2>/dev/null | wc -l) plans"
+  else
+    tail -5 "$OUT/node.log" | tee -a "$LOG"
+    stage node FAIL "the carried Node could not load the addon (node.log)"
+  fi
+fi
+
 OURS=$OUT/ours.jsonl
 : > "$OURS"
 need_build() { if [ $BUILT = 1 ]; then return 0; fi; stage "$1" SKIPPED "the checker did not build"; return 1; }
@@ -173,6 +210,22 @@ if need_build models; then
   fi
 fi
 
+# --- nodetests: the library's GPU tests through the carried Node ---------------------------------------
+if [ -z "$NODE" ]; then
+  stage nodetests SKIPPED "no usable carried Node (see the node stage)"
+else
+  run_limited 150 "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
+    --reporter=verbose > "$OUT/nodetests.log" 2>&1
+  rc=$?
+  grep -E '(✓|×|↓) |FAIL|Tests ' "$OUT/nodetests.log" | grep -v '^ *✓' | tail -40 | tee -a "$LOG"
+  summary=$(grep -E '^ +Tests ' "$OUT/nodetests.log" | tail -1 | sed 's/^ *//')
+  if grep -q 'on cuda' "$OUT/nodetests.log"; then gpu_cases=$(grep -c 'on cuda' "$OUT/nodetests.log"); else gpu_cases=0; fi
+  if [ "$rc" = 0 ] && [ "$gpu_cases" -gt 0 ]; then stage nodetests PASS "$summary; $gpu_cases cases on cuda"
+  elif [ "$rc" = 0 ]; then stage nodetests FAIL "passed, but no case ran on cuda (is the GPU visible to the addon?)"
+  elif [ "$rc" = 124 ]; then stage nodetests FAIL "timed out ($summary)"
+  else stage nodetests FAIL "${summary:-exit $rc} (nodetests.log)"; fi
+fi
+
 # --- torch ----------------------------------------------------------------------------------------
 T=$(( $(left) - 25 ))
 if ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
@@ -189,7 +242,6 @@ else
   else stage torch FAIL "exit $rc ($n timings kept)"; fi
 fi
 
-stage addon SKIPPED "the Node addon needs Node and oneDNN; the checker links the same CUDA objects"
 
 # --- report ---------------------------------------------------------------------------------------
 if $PY bench/gpu/report.py --out "$OUT" >> "$LOG" 2>&1; then stage report PASS "$OUT/RESULTS-gpu.md"
@@ -197,5 +249,7 @@ else stage report FAIL "see check.log"; fi
 log ""
 column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 rm -f "$OUT/stages.tsv.tmp"
+# A GPU lease returns at most 8 files: every log but check.log goes into one archive.
+(cd "$OUT" && ls env.txt build.log node.log nodetests.log 2>/dev/null | xargs -r tar -czf logs.tar.gz --remove-files)
 grep -q $'\tFAIL\t' "$STAGES" && exit 1
 exit 0

@@ -1,10 +1,12 @@
 /**
  * The tiny model fixtures of every family (official PyTorch code, float64 reference): logits, every
  * downsample and stage output, features, loss, the input gradient and every parameter gradient,
- * on the ref and cpu backends; and the precompiled predict()/features() paths.
+ * on the ref and cpu backends, and on the GPU (model.to('cuda')) where one is usable; and the
+ * precompiled predict()/features() paths (eager on the GPU).
  */
 import { describe, expect, it } from 'vitest';
 import { withBackend } from '../../lib/backend.js';
+import { cudaAvailable } from '../../lib/device.js';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
 import type { Family } from '../../lib/models/zoo.js';
 import { crossEntropy, meanHW } from '../../lib/ops.js';
@@ -12,6 +14,9 @@ import { type Tensor, tidy } from '../../lib/tensor.js';
 import { compare, failures, loadFixture, relL2, type Comparison, type Fixture } from '../helpers/tensors.js';
 
 const FAMILIES: Family[] = ['identityformer', 'randformer', 'poolformerv2', 'convformer', 'caformer'];
+/** Where the fixtures run: both CPU backends, and the GPU when this machine has a usable one. */
+type Where = 'ref' | 'cpu' | 'cuda';
+const WHERE: Where[] = cudaAvailable() ? ['ref', 'cpu', 'cuda'] : ['ref', 'cpu'];
 
 interface ModelFixtureConfig {
   family: Family;
@@ -49,9 +54,9 @@ function tolOf(cfg: ModelFixtureConfig, name: string): number {
  * any fp32 GEMM) lands a few of them at 0.9-1.35x. For those on the fast backend the README's global
  * rule for model gradients (1e-4) applies. The reference backend meets every per-tensor value.
  */
-function gradTol(cfg: ModelFixtureConfig, name: string, numel: number, backend: 'ref' | 'cpu'): number {
+function gradTol(cfg: ModelFixtureConfig, name: string, numel: number, backend: Where): number {
   const t = tolOf(cfg, name);
-  return backend === 'cpu' && numel === 1 ? Math.max(t, 1e-4) : t;
+  return backend !== 'ref' && numel === 1 ? Math.max(t, 1e-4) : t;
 }
 
 /** Forward step by step so every downsample and stage output can be compared. */
@@ -73,17 +78,21 @@ function forwardAll(model: MetaFormer, x: Tensor): { named: Map<string, Tensor>;
 
 describe('tiny model fixtures, forward and backward', () => {
   for (const family of FAMILIES) {
-    for (const backend of ['ref', 'cpu'] as const) {
+    for (const backend of WHERE) {
       it(`${family}_tiny on ${backend}`, async () => {
         const { fx, cfg, model } = await load(`${family}_tiny.safetensors`);
         try {
-          const cs = withBackend(backend, () => tidy(() => {
+          // The GPU runs whatever device its tensors are on; the CPU backends are chosen by name.
+          if (backend === 'cuda') model.to('cuda');
+          const onDevice = (t: Tensor): Tensor => (backend === 'cuda' ? t.to('cuda') : t);
+          const cs = withBackend(backend === 'ref' ? 'ref' : 'cpu', () => tidy(() => {
             const results: Comparison[] = [];
-            const x = fx.get('input');
+            const x = onDevice(fx.get('input'));
             x.requiresGrad = true;
             const { named, logits } = forwardAll(model, x);
+            if (backend === 'cuda') expect(logits.device).toBe('cuda');
             for (const [k, t] of named) results.push(compare(k, t, fx.get(k), tolOf(cfg, k)));
-            const loss = crossEntropy(logits, fx.get('target'));
+            const loss = crossEntropy(logits, onDevice(fx.get('target')));
             results.push(compare('loss', loss, fx.get('loss'), tolOf(cfg, 'loss')));
             loss.backward();
             results.push(compare('grad.input', x.grad!, fx.get('grad.input'), tolOf(cfg, 'grad.input')));
@@ -113,12 +122,14 @@ describe('tiny model fixtures, forward and backward', () => {
 });
 
 describe('tiny model fixtures, precompiled inference', () => {
-  for (const family of FAMILIES) {
-    it(`${family}_tiny predict() and features({ stages: true })`, async () => {
+  for (const [family, device] of FAMILIES.flatMap((f) => WHERE.filter((w) => w !== 'ref').map((w) => [f, w] as const))) {
+    it(`${family}_tiny predict() and features({ stages: true }) on ${device}`, async () => {
       const { fx, cfg, model } = await load(`${family}_tiny.safetensors`);
       try {
+        if (device === 'cuda') model.to('cuda');
         const x = fx.get('input');
         const logits = await model.predict(x);
+        expect(logits.device).toBe(device);
         const cs = [compare('logits', logits, fx.get('logits'), tolOf(cfg, 'logits'))];
         const f = await model.features(x, { stages: true });
         cs.push(compare('features', f.features, fx.get('features'), tolOf(cfg, 'features')));
