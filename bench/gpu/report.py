@@ -80,10 +80,12 @@ def main():
         lines.append(f"- FAILED: {c}")
     if fixtures:
         lines += ["", "## Model fixtures on the GPU (float64 reference, per-tensor suggested tolerance)", "",
-                  "| plan | output | rel L2 | tolerance | ok |", "|---|---|---|---|---|"]
+                  "bf16: the logits are judged against 2e-2; its other outputs are shown, not judged.", "",
+                  "| plan | precision | output | rel L2 | tolerance | ok |", "|---|---|---|---|---|---|"]
         for r in fixtures:
-            lines.append(f"| {r['model']} | {r.get('output', '')} | {r.get('rel_l2', float('nan')):.2e} | "
-                         f"{r.get('tol', 0):.1e} | {'yes' if r.get('ok') else 'NO'} |")
+            verdict = "—" if r.get("judged") is False else ("yes" if r.get("ok") else "NO")
+            lines.append(f"| {r['model']} | {r.get('precision', 'fp32')} | {r.get('output', '')} | "
+                         f"{r.get('rel_l2', float('nan')):.2e} | {r.get('tol', 0):.1e} | {verdict} |")
     if kern:
         lines += ["", "## Kernels: ours (fp32) beside PyTorch (cuDNN depthwise conv / scaled_dot_product_attention)", "",
                   "Ratio = PyTorch fp32 ms / our ms (above 1: ours faster). PyTorch bf16 for reference.", "",
@@ -99,19 +101,28 @@ def main():
                          {r["model"] for r in torch_rows if r.get("kind") == "model"})
     if model_names:
         lines += ["", "## Models at 224x224 (inference, images/s)", "",
-                  "Ours: fp32 plan replay (no bf16 path yet). PyTorch: timm, channels_last, TF32 off.", "",
-                  "| model | B | ours fp32 | PyTorch eager fp32 | ratio fp32 | PyTorch eager bf16 | PyTorch compile bf16 |",
-                  "|---|---|---|---|---|---|---|"]
+                  "Ours: plan replay, fp32 (true fp32) and bf16 (matrix-product operands in bfloat16, fp32 accumulation "
+                  "and activations). PyTorch: timm, channels_last, TF32 off; bf16 = weights and input in bfloat16. "
+                  "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster).", "",
+                  "| model | B | ours fp32 | PyTorch eager fp32 | ratio | ours bf16 | PyTorch eager bf16 | ratio | "
+                  "PyTorch compile bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+
+        def ours_ips(name, b, prec):
+            o = next((r for r in mods if r["name"] == f"{name}_b{b}" and r.get("precision", "fp32") == prec), None)
+            return o["img_per_s"] if o else None
+
         for name in model_names:
             for b in (1, 64, 256):
-                o = next((r for r in mods if r["name"] == f"{name}_b{b}"), None)
+                o32, o16 = ours_ips(name, b, "fp32"), ours_ips(name, b, "bf16")
                 e32 = peer_model(name, b, "float32", "eager")
                 e16 = peer_model(name, b, "bfloat16", "eager")
                 c16 = peer_model(name, b, "bfloat16", "compile")
-                ours_ips = o["img_per_s"] if o else None
-                r32 = ratio(ours_ips, e32["img_per_s"]) if (ours_ips and e32) else None
-                lines.append(f"| {name} | {b} | {fmt(ours_ips, 1)} | {fmt(e32 and e32['img_per_s'], 1)} | {fmt(r32, 2)} | "
-                             f"{fmt(e16 and e16['img_per_s'], 1)} | {fmt(c16 and c16['img_per_s'], 1)} |")
+                p32 = e32 and e32["img_per_s"]
+                p16 = e16 and e16["img_per_s"]
+                lines.append(f"| {name} | {b} | {fmt(o32, 1)} | {fmt(p32, 1)} | {fmt(ratio(o32, p32), 2)} | "
+                             f"{fmt(o16, 1)} | {fmt(p16, 1)} | {fmt(ratio(o16, p16), 2)} | "
+                             f"{fmt(c16 and c16['img_per_s'], 1)} |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "RESULTS-gpu.md"), "w") as f:
         f.write(md)

@@ -11,6 +11,7 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { checkPrecision, compilePlan, type CompiledPlan, noticeBf16Emulation, type Precision } from '../plan.js';
 import { type DeviceOption } from '../device.js';
+import { addon } from '../native.js';
 import { expectation, Tensor, tidy } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
@@ -41,8 +42,9 @@ export interface ModelOptions {
   device?: DeviceOption;
   /**
    * Precision of predict() and features(): 'float32' (default) or 'bf16' (matrix products with bfloat16
-   * operands and float32 accumulation, the rest float32; CPU only; emulated, with a one-line notice,
-   * on CPUs without AVX512-BF16/AMX). Same as setting model.precision.
+   * operands and float32 accumulation, the rest float32: oneDNN's bf16 kernels on the CPU, emulated with
+   * a one-line notice on CPUs without AVX512-BF16/AMX; cuBLAS's bf16 tensor-core GEMMs on a GPU). Same
+   * as setting model.precision.
    */
   precision?: Precision;
 }
@@ -135,7 +137,7 @@ export class MetaFormer extends Module {
 
   constructor(config: ModelConfig, opts: ModelOptions = {}) {
     super();
-    if (opts.precision !== undefined) this.precision = opts.precision;
+    const precision = opts.precision === undefined ? undefined : checkPrecision(opts.precision);
     const c = (this.config = { ...config, numClasses: opts.numClasses ?? config.numClasses });
     const dpr = opts.dropPathRate ?? 0;
     if (!(dpr >= 0 && dpr < 1)) throw new RangeError(expectation('a number in [0, 1)', 'dropPathRate', dpr));
@@ -177,6 +179,7 @@ export class MetaFormer extends Module {
         throw e;
       }
     }
+    if (precision !== undefined) this.precision = precision;  // after the move: the notice is for CPUs
   }
 
   /** Moves the model to a device (see Module.to); compiled plans are dropped. */
@@ -209,12 +212,9 @@ export class MetaFormer extends Module {
     return this.config.numClasses;
   }
 
-  /** predict()/features(): the input, and a precision the model's device runs. */
+  /** predict()/features(): the input. */
   private checkInference(x: Tensor, where: string): void {
     this.checkInput(x, where);
-    if (this.precision_ !== 'float32' && this.device !== 'cpu') {
-      throw new TypeError(`${where}: precision '${this.precision_}' runs on the CPU only; set model.precision = 'float32' on '${this.device}'`);
-    }
   }
 
   private checkInput(x: Tensor, where: string): void {
@@ -267,7 +267,7 @@ export class MetaFormer extends Module {
 
   set precision(p: Precision) {
     this.precision_ = checkPrecision(p);
-    if (p === 'bf16') noticeBf16Emulation();
+    if (p === 'bf16' && this.device === 'cpu') noticeBf16Emulation();
   }
 
   /** The compiled inference plan for this input shape, output kind and precision (cached). */
@@ -310,13 +310,18 @@ export class MetaFormer extends Module {
     return noGrad(() => this.plan(x.shape).runSync(x)[0]!);
   }
 
-  /** Runs fn on x (moved to the model's device) in eval mode without autograd; plans are host-only. */
+  /**
+   * Runs fn on x (moved to the model's device) in eval mode without autograd and in the model's precision
+   * (the ops run synchronously on this thread, which carries the precision meanwhile); plans are host-only.
+   */
   private eagerInference(x: Tensor, fn: (x: Tensor) => Tensor[]): Tensor[] {
     const wasTraining = this.training;
     this.eval();
+    const prev = addon.setThreadPrecision(this.precision_ === 'bf16' ? 1 : 0);
     try {
       return noGrad(() => tidy(() => fn(x.device === this.device ? x : x.to(this.device))));
     } finally {
+      addon.setThreadPrecision(prev);
       this.train(wasTraining);
     }
   }

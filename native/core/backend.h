@@ -64,8 +64,9 @@ void check_op(OpId op, Dir dir, const OpArgs& args);
 
 // Precision of the matrix products (the GEMMs inside linear, fused_linear, conv2d, attention and
 // random_mixing) that the calling thread runs. bf16: both operands rounded to bfloat16, float32
-// accumulation, bias, epilogue and output (honoured by the cpu backend, see cpu/gemm.h; the other
-// backends run float32). Every other kernel stays float32.
+// accumulation, bias, epilogue and output (honoured by the cpu backend, see cpu/gemm.h, and the cuda
+// backend, see cuda/blas.cu and cuda/attention.cu; the reference backend runs float32). Every other
+// kernel stays float32.
 enum class Precision : int32_t { f32 = 0, bf16 = 1 };
 
 // Storages a plan reads in place and never writes (its weights), by data pointer.
@@ -92,6 +93,10 @@ class PlanContextScope {
  private:
   PlanContext prev_;
 };
+
+// Sets the calling thread's GEMM precision outside plans and returns the previous one (eager inference on
+// a GPU in bf16 runs its ops between two calls). Plans set their own context and restore this one.
+Precision set_thread_precision(Precision p);
 
 }  // namespace mf
 

@@ -10,8 +10,14 @@
 // registers, rescaled once per 16 keys), so no N x N matrix ever exists in memory; scores use exp2 with
 // q pre-multiplied by scale * log2(e). The backward is two kernels without atomics (deterministic): dq
 // (which also writes D) and then dk/dv. Other head sizes use direct kernels (correct, not tuned).
+//
+// bf16 precision (core's plan context, forward only, head_dim 32): q, k and v are rounded to bfloat16 as
+// they are loaded and each probability is rounded before it weights v; scores, the softmax and the
+// accumulation stay fp32, as the cpu backend's bf16 mode does with its two matrix products. Other head
+// sizes and the backward ignore the precision (fp32).
 #include <cmath>
 
+#include "../core/numeric.h"
 #include "cuda_common.h"
 
 namespace mf::cuda {
@@ -29,11 +35,23 @@ struct Geo {
   int64_t row;  // 3 * A, the qkv row stride
 };
 
+// v, or v rounded to the nearest bfloat16 (kBf16).
+template <bool kBf16>
+__device__ __forceinline__ float rnd(float v) {
+  if constexpr (kBf16) return bf16_to_f32(f32_to_bf16(v));
+  return v;
+}
+template <bool kBf16>
+__device__ __forceinline__ float4 rnd4(float4 v) {
+  return make_float4(rnd<kBf16>(v.x), rnd<kBf16>(v.y), rnd<kBf16>(v.z), rnd<kBf16>(v.w));
+}
+
+template <bool kBf16 = false>
 __device__ __forceinline__ void load_row32(const float* __restrict__ p, float (&r)[HD], float mul) {
   const float4* p4 = reinterpret_cast<const float4*>(p);
 #pragma unroll
   for (int i = 0; i < HD / 4; ++i) {
-    float4 v = p4[i];
+    float4 v = rnd4<kBf16>(p4[i]);
     r[4 * i] = v.x * mul;
     r[4 * i + 1] = v.y * mul;
     r[4 * i + 2] = v.z * mul;
@@ -73,7 +91,9 @@ __device__ __forceinline__ void axpy32(float (&acc)[HD], float p, const float4* 
 }
 
 // Stages rows [r0, r0 + CH) of two 32-wide column blocks of a [N, ld] matrix set into shared memory
-// (zeros past N). off_a / off_b: column offsets of the two blocks. mul_a scales block a.
+// (zeros past N). off_a / off_b: column offsets of the two blocks. mul_a scales block a. kBf16: both
+// blocks rounded to bfloat16 (before the scaling).
+template <bool kBf16 = false>
 __device__ __forceinline__ void stage_pair(const float* __restrict__ base, int64_t ld, int N, int r0, int64_t off_a,
                                            int64_t off_b, float mul_a, float4 (*sa)[HD / 4], float4 (*sb)[HD / 4]) {
   for (int idx = threadIdx.x; idx < CH * (HD / 4); idx += blockDim.x) {
@@ -82,8 +102,8 @@ __device__ __forceinline__ void stage_pair(const float* __restrict__ base, int64
     float4 va = make_float4(0.f, 0.f, 0.f, 0.f), vb = va;
     if (m < N) {
       const float* rowp = base + static_cast<int64_t>(m) * ld;
-      va = reinterpret_cast<const float4*>(rowp + off_a)[part];
-      vb = reinterpret_cast<const float4*>(rowp + off_b)[part];
+      va = rnd4<kBf16>(reinterpret_cast<const float4*>(rowp + off_a)[part]);
+      vb = rnd4<kBf16>(reinterpret_cast<const float4*>(rowp + off_b)[part]);
       va.x *= mul_a;
       va.y *= mul_a;
       va.z *= mul_a;
@@ -97,6 +117,7 @@ __device__ __forceinline__ void stage_pair(const float* __restrict__ base, int64
 // ---------------------------------------------------------------------------------------------------
 // head_dim 32 kernels. grid: x = query (or key) blocks, y = heads, z = batch.
 
+template <bool kBf16>
 __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
                                                            float* __restrict__ out,        // [B, N, A]
                                                            float* __restrict__ lse,        // [B, heads, N] or null
@@ -110,14 +131,14 @@ __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restri
   const bool active = n < g.N;
 
   float q[HD], acc[HD];
-  if (active) load_row32(base + n * g.row + h * HD, q, qmul);
+  if (active) load_row32<kBf16>(base + n * g.row + h * HD, q, qmul);
 #pragma unroll
   for (int d = 0; d < HD; ++d) acc[d] = 0.0f;
   float mx = -INFINITY, l = 0.0f;
 
   for (int k0 = 0; k0 < g.N; k0 += CH) {
     __syncthreads();
-    stage_pair(base, g.row, g.N, k0, g.A + h * HD, 2 * g.A + h * HD, 1.0f, sK, sV);
+    stage_pair<kBf16>(base, g.row, g.N, k0, g.A + h * HD, 2 * g.A + h * HD, 1.0f, sK, sV);
     __syncthreads();
     if (!active) continue;
     const int kn = min(CH, g.N - k0);
@@ -137,7 +158,7 @@ __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restri
       for (int t = 0; t < SUB; ++t) {
         const float p = exp2f(sc[t] - m_new);  // 0 for the padding keys
         l += p;
-        axpy32(acc, p, sV[s0 + t]);
+        axpy32(acc, rnd<kBf16>(p), sV[s0 + t]);
       }
       mx = m_new;
     }
@@ -420,7 +441,10 @@ void attention_fwd(const OpArgs& a) {
   float* L = lse.present() ? lse.f() : nullptr;
   if (hd == HD) {
     Launch l = launch_of(B, g, "attention");
-    attn32_fwd_kernel<<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
+    if (gemm_precision() == Precision::bf16)
+      attn32_fwd_kernel<true><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
+    else
+      attn32_fwd_kernel<false><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
   } else {
     attn_any_fwd_kernel<<<grid_for(B * g.heads * g.N, 128), 128, 0, stream()>>>(qkv.f(), o.f(), L, B, g, hd, scale);
   }

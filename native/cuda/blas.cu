@@ -5,11 +5,17 @@
 // Row-major to cuBLAS's column-major: a row-major X[r, c] with row stride ld is the column-major X^T
 // with the same ld, so C = op(A) op(B) (row-major) is C^T = op(B)^T op(A)^T (column-major): call cuBLAS
 // with the operands swapped and M, N exchanged.
+//
+// bf16 precision (core's plan context): both operands are rounded to bfloat16 into dense scratch copies
+// (one per call; a broadcast operand, batch stride 0, once) and multiplied on the tensor cores with fp32
+// accumulation and an fp32 C (cuBLAS's bf16 x bf16 -> fp32, CUBLAS_COMPUTE_32F): the cpu backend's bf16
+// mode, the same rounding.
 #include <cublas_v2.h>
 
 #include <mutex>
 #include <string>
 
+#include "../core/numeric.h"
 #include "blas.h"
 #include "cuda_common.h"
 
@@ -52,6 +58,33 @@ __global__ void scale_rows_kernel(float* __restrict__ C,  // [M, ldc] rows, N us
   }
 }
 
+// dst[b, r, c] = bf16(src[b * sb + r * ld + c]): a strided [nb, rows, cols] operand, densely.
+__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t rows, int64_t cols, int64_t ld, int64_t sb,
+                               int64_t total, uint16_t* __restrict__ dst) {  // total = nb * rows * cols
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t c = i % cols, t = i / cols;
+    int64_t r = t % rows, b = t / rows;
+    dst[i] = f32_to_bf16(src[b * sb + r * ld + c]);
+  }
+}
+
+// An operand as cuBLAS takes it: data, element type, leading dimension and batch stride.
+struct Operand {
+  const void* p;
+  cudaDataType_t type;
+  int64_t ld, stride;
+};
+
+// The bf16 copy of a stored [rows, cols] operand (row stride ld, batch stride s; s = 0: shared by the batch).
+Operand to_bf16(const float* X, int64_t rows, int64_t cols, int64_t ld, int64_t s, int64_t batch, Scratch& buf,
+                const char* op) {
+  const int64_t nb = s == 0 ? 1 : batch, total = nb * rows * cols;
+  to_bf16_kernel<<<grid_for(total, 256), 256, 0, stream()>>>(X, rows, cols, ld, s, total, buf.as<uint16_t>());
+  after_launch(op);
+  return Operand{buf.as<uint16_t>(), CUDA_R_16BF, cols, s == 0 ? 0 : rows * cols};
+}
+
 }  // namespace
 
 void gemm(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -71,19 +104,31 @@ void gemm_batched(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_
     return;
   }
   cublasHandle_t h = handle(op);
+  Operand a{A, CUDA_R_32F, lda, sa}, b{B, CUDA_R_32F, ldb, sb};
+  const bool bf16 = gemm_precision() == Precision::bf16;
+  const bool share_a = sa == 0, share_b = sb == 0;
+  // stored shapes: A is [M, K] or (ta) [K, M]; B is [K, N] or (tb) [N, K]
+  const int64_t ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+  Scratch a16(bf16 ? static_cast<size_t>((share_a ? 1 : batch) * ra * ca) * 2 : 1);
+  Scratch b16(bf16 ? static_cast<size_t>((share_b ? 1 : batch) * rb * cb) * 2 : 1);
+  if (bf16) {
+    a = to_bf16(A, ra, ca, lda, sa, batch, a16, op);
+    b = to_bf16(B, rb, cb, ldb, sb, batch, b16, op);
+  }
   int m = to_int32(N, op, "a GEMM dimension"), n = to_int32(M, op, "a GEMM dimension");
   int k = to_int32(K, op, "a GEMM dimension");
-  int la = to_int32(lda, op, "a leading dimension"), lb = to_int32(ldb, op, "a leading dimension");
+  int la = to_int32(a.ld, op, "a leading dimension"), lb = to_int32(b.ld, op, "a leading dimension");
   int lc = to_int32(ldc, op, "a leading dimension");
   cublasOperation_t opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   if (batch == 1) {
-    check_blas(cublasGemmEx(h, opb, opa, m, n, k, &alpha, B, CUDA_R_32F, lb, A, CUDA_R_32F, la, &beta, C,
+    check_blas(cublasGemmEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, a.p, a.type, la, &beta, C,
                             CUDA_R_32F, lc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                op, "cublasGemmEx");
   } else {
     int nb = to_int32(batch, op, "a GEMM batch count");
-    check_blas(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, B, CUDA_R_32F, lb, sb, A, CUDA_R_32F, la, sa,
-                                          &beta, C, CUDA_R_32F, lc, sc, nb, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+    check_blas(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, b.stride, a.p, a.type, la,
+                                          a.stride, &beta, C, CUDA_R_32F, lc, sc, nb, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT),
                op, "cublasGemmStridedBatchedEx");
   }
 }

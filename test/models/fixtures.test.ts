@@ -7,6 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { withBackend } from '../../lib/backend.js';
 import { cudaAvailable } from '../../lib/device.js';
+import { addon } from '../../lib/native.js';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
 import type { Family } from '../../lib/models/zoo.js';
 import { crossEntropy, meanHW } from '../../lib/ops.js';
@@ -149,16 +150,18 @@ describe('tiny model fixtures, precompiled inference', () => {
 // bf16 inference (GEMM operands rounded to bfloat16, float32 accumulation): the logits stay within
 // issue 5's 2e-2 relative L2 of the float32 reference, and differ from float32 (the mode is applied).
 describe('tiny model fixtures, bf16 inference', () => {
-  for (const family of FAMILIES) {
-    it(`${family}_tiny predict() in bf16`, async () => {
+  for (const [family, device] of FAMILIES.flatMap((f) => WHERE.filter((w) => w !== 'ref').map((w) => [f, w] as const))) {
+    it(`${family}_tiny predict() in bf16 on ${device}`, async () => {
       const { fx, model } = await load(`${family}_tiny.safetensors`);
       try {
+        if (device === 'cuda') model.to('cuda');
         const x = fx.get('input');
         model.precision = 'bf16';
         const logits = await model.predict(x);
         const err = relL2(logits.toFloat32Array(), fx.get('logits').toFloat32Array());
         expect(err, `bf16 logits rel. L2 ${err.toExponential(2)}`).toBeLessThan(2e-2);
         expect(err).toBeGreaterThan(1e-5);
+        expect(addon.setThreadPrecision(0), 'the thread precision is restored after predict()').toBe(0);
         logits.dispose();
       } finally {
         model.dispose();

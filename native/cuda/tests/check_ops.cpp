@@ -3,13 +3,14 @@
 // depthwise-conv and attention kernels at MetaFormer shapes. A standalone program (no Node): core, the
 // reference kernels and the CUDA kernels linked together (target metaformer_cuda_check, cmake/cuda.cmake).
 //
-//   metaformer_cuda_check [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--backend ref|cuda]
-//                         [--json FILE] [--filter TEXT] [--seed N] [--self-test]
+//   metaformer_cuda_check [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--precision fp32|bf16]
+//                         [--backend ref|cuda] [--json FILE] [--filter TEXT] [--seed N] [--self-test]
 //     --ops        every op and direction, ref vs cuda (the default when nothing else is asked)
 //     --bench      kernel timings (CUDA events, median of many runs after warm-up), B = 1, 64, 256
 //     --quick      bench with B = 1 and 64 only
 //     --plans DIR  replay the exported model plans in DIR (run_plan.cpp) on --backend (default cuda),
-//                  checking outputs against the expected data; --time-plans also times them
+//                  checking outputs against the expected data; --time-plans also times them;
+//                  --precision bf16 replays them in bf16 precision (the logits within 2e-2 of the reference)
 //     --json       also write one JSON object per line (checks and timings) to FILE
 //     --self-test  run every op case through the reference on both sides, on the host (no GPU): checks
 //                  that the cases themselves are valid
@@ -158,6 +159,11 @@ struct Case {
   Dir dir;
   std::vector<HT> in, out;
   std::vector<double> attr;
+  // bf16 cases: the CUDA side runs in bf16 precision; the reference gets the inputs listed in `rounded`
+  // rounded to bfloat16 (the matrix-product operands) and the case its own tolerance (tol >= 0).
+  Precision prec = Precision::f32;
+  std::vector<int> rounded = {};
+  double tol = -1;
 };
 
 struct Result {
@@ -230,11 +236,17 @@ double rel_l2(const HT& ref, const HT& got, double* max_abs) {
 void run_case(const Case& c, Result& res) {
   std::string label = std::string(op_name(c.op)) + (c.dir == Dir::forward ? " fwd " : " bwd ") + c.name;
   if (!g_filter.empty() && label.find(g_filter) == std::string::npos) return;
-  double tol = tolerance(c.op, c.dir);
-  // Reference on the host.
+  double tol = c.tol >= 0 ? c.tol : tolerance(c.op, c.dir);
+  // Reference on the host (bf16 cases: on the rounded operands).
+  std::vector<HT> ref_in = c.in;
+  for (int i : c.rounded)
+    for (int64_t k = 0; k < ref_in[static_cast<size_t>(i)].numel(); ++k) {
+      float& v = ref_in[static_cast<size_t>(i)].f()[k];
+      v = bf16_to_f32(f32_to_bf16(v));
+    }
   std::vector<HT> ref_out = c.out;
   std::vector<void*> hin, hout;
-  for (const HT& t : c.in) hin.push_back(t.present ? const_cast<uint8_t*>(t.bytes.data()) : nullptr);
+  for (const HT& t : ref_in) hin.push_back(t.present ? const_cast<uint8_t*>(t.bytes.data()) : nullptr);
   for (HT& t : ref_out) hout.push_back(t.present ? t.bytes.data() : nullptr);
   std::string error;
   try {
@@ -274,6 +286,9 @@ void run_case(const Case& c, Result& res) {
       }
       dout.push_back(p);
     }
+    PlanContext ctx;
+    ctx.precision = c.prec;
+    PlanContextScope scope(ctx);
     run_op(cuda_backend(), c.op, c.dir, args_of(c, din, dout, kCudaDevice));
     cuda::synchronize();
     for (size_t i = 0; i < got.size(); ++i)
@@ -441,6 +456,50 @@ void attention_cases(Result& r) {
     std::vector<HT> f = ref_forward(OpId::attention, {qkv}, {nan_like({s.B, s.N, A}), nan_like({s.B, s.heads, s.N})}, at);
     run_case({nm, OpId::attention, Dir::backward, {randn({s.B, s.N, A}), qkv, f[0], f[1]}, {nan_like({s.B, s.N, 3 * A})}, at},
              r);
+  }
+}
+
+// bf16 precision (forward, as plans run it): every matrix-product operand rounded to bfloat16, fp32
+// accumulation. The reference multiplies the pre-rounded operands in fp32, so linear, conv and mixing agree
+// to the summation order (their fp32 tolerance); attention also rounds each probability before it weights
+// v, which the reference does not model: a bf16-level tolerance there.
+void bf16_cases(Result& r) {
+  auto bf = [](Case c, std::vector<int> rounded, double tol = -1) {
+    c.name += " bf16";
+    c.prec = Precision::bf16;
+    c.rounded = std::move(rounded);
+    c.tol = tol;
+    return c;
+  };
+  for (auto xs : {std::vector<int64_t>{3, 5, 37}, std::vector<int64_t>{2, 33, 64}}) {
+    int64_t k = xs.back(), n = k == 64 ? 257 : 19;
+    std::vector<int64_t> ys = xs;
+    ys.back() = n;
+    HT x = randn(xs), w = randn({n, k}, 1.0 / std::sqrt(k)), b = randn({n}, 0.1);
+    run_case(bf({"x" + shape_name(xs) + " N=" + std::to_string(n) + " bias", OpId::linear, Dir::forward, {x, w, b},
+                 {nan_like(ys)}, {}}, {0, 1}), r);
+    HT s = uniform({1}, 0.6f, 1.2f), sb = uniform({1}, -0.6f, 0.2f);
+    run_case(bf({"x" + shape_name(xs) + " N=" + std::to_string(n) + " act 1 accumulate bias", OpId::fused_linear,
+                 Dir::forward, {x, w, b, s, sb}, {randn(ys)}, {1.0, 1.0}}, {0, 1}), r);
+  }
+  {  // the stem (NCHW, 7x7 stride 4) and a downsampling conv (NHWC, 3x3 stride 2)
+    HT x = randn({2, 3, 23, 19}), w = randn({8, 3, 7, 7}, 1.0 / std::sqrt(147.0)), b = randn({8}, 0.1);
+    run_case(bf({"nchw x[2,3,23,19] w[8,3,7,7]", OpId::conv2d, Dir::forward, {x, w, b}, {nan_like({2, 6, 5, 8})},
+                 {4.0, 2.0, 1.0}}, {0, 1}), r);
+    HT x2 = randn({2, 11, 13, 9}), w2 = randn({17, 9, 3, 3}, 1.0 / 9.0), b2 = randn({17}, 0.1);
+    run_case(bf({"nhwc x[2,11,13,9] w[17,9,3,3]", OpId::conv2d, Dir::forward, {x2, w2, b2}, {nan_like({2, 6, 7, 17})},
+                 {2.0, 1.0, 0.0}}, {0, 1}), r);
+  }
+  {
+    HT x = randn({3, 49, 20}), m = randn({49, 49}, 1.0 / 7.0);
+    run_case(bf({"x[3,49,20]", OpId::random_mixing, Dir::forward, {x, m}, {nan_like({3, 49, 20})}, {}}, {0, 1}), r);
+  }
+  for (auto s : {std::vector<int64_t>{2, 35, 2}, std::vector<int64_t>{3, 49, 16}, std::vector<int64_t>{1, 197, 10}}) {
+    int64_t B = s[0], N = s[1], heads = s[2], A = heads * 32;
+    HT qkv = randn({B, N, 3 * A});
+    run_case(bf({"B" + std::to_string(B) + " N" + std::to_string(N) + " heads " + std::to_string(heads) + " hd 32",
+                 OpId::attention, Dir::forward, {qkv}, {nan_like({B, N, A}), nan_like({B, heads, N})},
+                 {32.0, 1.0 / std::sqrt(32.0)}}, {0}, 1e-2), r);
   }
 }
 
@@ -724,6 +783,7 @@ void bench(bool quick) {
 int main(int argc, char** argv) {
   bool ops = false, do_bench = false, quick = false, time_plans = false;
   std::string plans, backend = "cuda";
+  Precision prec = Precision::f32;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--ops") ops = true;
@@ -733,20 +793,22 @@ int main(int argc, char** argv) {
     else if (a == "--time-plans") time_plans = true;
     else if (a == "--self-test") g_self_test = true;
     else if (a == "--backend" && i + 1 < argc) backend = argv[++i];
+    else if (a == "--precision" && i + 1 < argc && (std::string(argv[i + 1]) == "bf16" || std::string(argv[i + 1]) == "fp32"))
+      prec = std::string(argv[++i]) == "bf16" ? Precision::bf16 : Precision::f32;
     else if (a == "--json" && i + 1 < argc) g_json = std::fopen(argv[++i], "w");
     else if (a == "--filter" && i + 1 < argc) g_filter = argv[++i];
     else if (a == "--seed" && i + 1 < argc) g_rng.seed(std::strtoull(argv[++i], nullptr, 10));
     else {
       std::fprintf(stderr,
-                   "usage: %s [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--backend ref|cuda] "
-                   "[--json FILE] [--filter TEXT] [--seed N] [--self-test]\n",
+                   "usage: %s [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--precision fp32|bf16] "
+                   "[--backend ref|cuda] [--json FILE] [--filter TEXT] [--seed N] [--self-test]\n",
                    argv[0]);
       return 2;
     }
   }
   if (!ops && !do_bench && plans.empty()) ops = true;
   if (!plans.empty() && backend == "ref" && !ops && !do_bench) {  // plan replay on the host: no GPU needed
-    plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, ref_backend(), false, g_json);
+    plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, ref_backend(), false, g_json, prec);
     if (g_json) std::fclose(g_json);
     std::printf("%d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;
@@ -767,6 +829,7 @@ int main(int argc, char** argv) {
     dropout_cases(r);
     util_cases(r);
     optim_cases(r);
+    bf16_cases(r);
     std::printf("%d passed, %d failed\n", r.passed, r.failed);
     return r.failed ? 1 : 0;
   }
@@ -792,6 +855,7 @@ int main(int argc, char** argv) {
       dropout_cases(r);
       util_cases(r);
       optim_cases(r);
+      bf16_cases(r);
       error_cases(r);
       // Every op must have both CUDA kernels the reference has.
       for (int i = 0; i < kNumOps; ++i)
@@ -807,7 +871,7 @@ int main(int argc, char** argv) {
     }
     if (do_bench) bench(quick);
     if (!plans.empty()) {
-      plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, cuda_backend(), time_plans, g_json);
+      plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, cuda_backend(), time_plans, g_json, prec);
       r.passed += t.passed;
       r.failed += t.failed;
     }

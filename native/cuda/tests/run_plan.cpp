@@ -3,6 +3,8 @@
 // GPU check. Slots are allocated at their first use and released after their last (the caching
 // allocator reuses the memory), inputs and outputs stay; outputs are compared with the expected data in
 // the plan (relative L2 against the plan's per-tensor tolerance). Used by check_ops.cpp (--plans).
+// In bf16 precision (--precision bf16) the logits are held to issue 5's bound for that mode, 2e-2 relative
+// L2 from the float64 reference; the other outputs are reported, not judged.
 #include "run_plan.h"
 
 #include <algorithm>
@@ -314,8 +316,14 @@ double rel_l2(const float* got, const float* want, int64_t n, double* max_abs) {
 
 }  // namespace
 
-Tally run_plans(const std::string& dir, const std::string& filter, const Backend& be, bool time, FILE* json) {
+Tally run_plans(const std::string& dir, const std::string& filter, const Backend& be, bool time, FILE* json,
+                Precision prec) {
   Tally t;
+  PlanContext ctx;
+  ctx.precision = prec;
+  PlanContextScope scope(ctx);
+  const bool bf16 = prec == Precision::bf16;
+  const char* pname = bf16 ? "bf16" : "fp32";
   std::vector<std::string> files;
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
@@ -347,13 +355,18 @@ Tally run_plans(const std::string& dir, const std::string& filter, const Backend
         if (static_cast<size_t>(p.out_off[i]) + m.bytes() > p.blob.size()) bad(p.name, "expected data past the blob");
         const float* want = reinterpret_cast<const float*>(p.blob.data() + p.out_off[i]);
         double mx = 0, err = rel_l2(got.data(), want, m.numel(), &mx);
-        bool ok = !std::isnan(err) && err <= p.out_tol[i];
-        std::printf("%s  model %-40s %-9s rel_l2=%.2e tol=%.1e max_abs=%.2e\n", ok ? "PASS" : "FAIL", p.name.c_str(),
-                    p.out_name[i].c_str(), err, p.out_tol[i], mx);
+        const bool judged = !bf16 || p.out_name[i] == "logits";
+        const double tol = bf16 ? 2e-2 : p.out_tol[i];
+        bool ok = !std::isnan(err) && err <= tol;
+        std::printf("%s  model %-40s %-9s %s rel_l2=%.2e tol=%.1e max_abs=%.2e\n", !judged ? "INFO" : ok ? "PASS" : "FAIL",
+                    p.name.c_str(), p.out_name[i].c_str(), pname, err, tol, mx);
         if (json)
-          std::fprintf(json, "{\"model\":\"%s\",\"output\":\"%s\",\"rel_l2\":%.4e,\"tol\":%.2e,\"ok\":%s}\n", p.name.c_str(),
-                       p.out_name[i].c_str(), std::isnan(err) ? -1.0 : err, p.out_tol[i], ok ? "true" : "false");
-        (ok ? t.passed : t.failed)++;
+          std::fprintf(json,
+                       "{\"model\":\"%s\",\"output\":\"%s\",\"precision\":\"%s\",\"rel_l2\":%.4e,\"tol\":%.2e,"
+                       "\"judged\":%s,\"ok\":%s}\n",
+                       p.name.c_str(), p.out_name[i].c_str(), pname, std::isnan(err) ? -1.0 : err, tol,
+                       judged ? "true" : "false", ok ? "true" : "false");
+        if (judged) (ok ? t.passed : t.failed)++;
       }
       if (time) {
         int64_t batch = p.slots[static_cast<size_t>(p.in_slot[0])].shape[0];
@@ -371,11 +384,13 @@ Tally run_plans(const std::string& dir, const std::string& filter, const Backend
         }
         std::sort(ms.begin(), ms.end());
         double med = ms[ms.size() / 2];
-        std::printf("BENCH model %-28s B=%-4lld %9.3f ms  %9.1f img/s  (%zu runs)\n", p.name.c_str(),
+        std::printf("BENCH model %-28s %s B=%-4lld %9.3f ms  %9.1f img/s  (%zu runs)\n", p.name.c_str(), pname,
                     static_cast<long long>(batch), med, batch / (med * 1e-3), ms.size());
         if (json)
-          std::fprintf(json, "{\"bench\":\"model\",\"name\":\"%s\",\"batch\":%lld,\"ms\":%.5f,\"img_per_s\":%.2f}\n",
-                       p.name.c_str(), static_cast<long long>(batch), med, batch / (med * 1e-3));
+          std::fprintf(json,
+                       "{\"bench\":\"model\",\"name\":\"%s\",\"precision\":\"%s\",\"batch\":%lld,\"ms\":%.5f,"
+                       "\"img_per_s\":%.2f}\n",
+                       p.name.c_str(), pname, static_cast<long long>(batch), med, batch / (med * 1e-3));
       } else if (!any_expected) {
         std::printf("PASS  model %-40s ran (no expected outputs)\n", p.name.c_str());
         t.passed++;

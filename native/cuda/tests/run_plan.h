@@ -11,8 +11,10 @@ struct Tally {
   int passed = 0, failed = 0;
 };
 
-// Runs every DIR/*.plan whose name contains `filter` on `be`, checks the outputs that have expected data,
-// and with `time` prints (and writes to json, when not null) the median time of a whole forward pass.
-Tally run_plans(const std::string& dir, const std::string& filter, const Backend& be, bool time, FILE* json);
+// Runs every DIR/*.plan whose name contains `filter` on `be` in precision `prec`, checks the outputs that
+// have expected data, and with `time` prints (and writes to json, when not null) the median time of a whole
+// forward pass.
+Tally run_plans(const std::string& dir, const std::string& filter, const Backend& be, bool time, FILE* json,
+                Precision prec = Precision::f32);
 
 }  // namespace mf::plan_replay
