@@ -97,6 +97,23 @@ export function runOp(
   }
 }
 
+/**
+ * Writes src into dst (same shape; dtype converted), across devices too: a cast where both live, else
+ * the conversion where src lives and a copy. `where` and `name` name the caller and the tensor in errors.
+ */
+export function assignInto(where: string, name: string, src: Tensor, dst: Tensor): void {
+  if (src.device === dst.device) {
+    runOp('cast', 0, [name], [src], [dst]);
+    return;
+  }
+  const c = src.dtype === dst.dtype ? src : src.to(dst.dtype);
+  try {
+    c._live(where, name).copyTo(dst._live(where, name));
+  } finally {
+    if (c !== src) c.dispose();
+  }
+}
+
 /** Ops forced onto the reference backend (METAFORMER_REF_OPS=linear,conv2d): a debugging aid. */
 const refOps = new Set((process.env.METAFORMER_REF_OPS ?? '').split(',').filter((s) => s.length > 0));
 

@@ -122,6 +122,14 @@ export function tidy<T>(fn: () => T): T {
   return result;
 }
 
+/**
+ * t on `device`: t itself when it is already there, else a copy there (inside tidy() the original is
+ * released with the scope).
+ */
+export function onDevice(t: Tensor, device: Device): Tensor {
+  return t.device === device ? t : t.to(device);
+}
+
 /** Removes tensors from every open tidy scope, so they survive it. Returns its argument. */
 export function keep<T extends Tensor>(t: T): T {
   scopes.forEach((s, i) => {

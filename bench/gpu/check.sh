@@ -27,7 +27,8 @@
 #   models     our caformer_s18 / convformer_s18 forward at 224, B = 1, 64, 256 (fp32 and bf16)
 #   nodetests  the library's GPU tests through Node (vitest): device handling, tensors to and from the
 #              GPU, the tiny model fixtures forward and backward on 'cuda' against the float64 reference,
-#              predict()/features() on the GPU, an AdamW step on the GPU against the CPU
+#              predict()/features() on the GPU in fp32 and bf16, an AdamW step and a Trainer run
+#              (mixup, EMA, checkpoint resume) on the GPU against the CPU
 #   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
@@ -228,6 +229,7 @@ if [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
   run_limited 150 "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
+    test/train/trainer.test.ts \
     --reporter=verbose > "$OUT/nodetests.log" 2>&1
   rc=$?
   grep -E '(✓|×|↓) |FAIL|Tests ' "$OUT/nodetests.log" | grep -v '^ *✓' | tail -40 | tee -a "$LOG"

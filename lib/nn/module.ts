@@ -3,7 +3,7 @@
  * state_dict names, so namedParameters() / stateDict() speak the names of the official checkpoints.
  */
 import { type Device, expectation, keep, Tensor } from '../tensor.js';
-import { runOp } from '../backend.js';
+import { assignInto } from '../backend.js';
 import { type DeviceOption, resolveDevice } from '../device.js';
 
 export class Parameter extends Tensor {
@@ -107,17 +107,7 @@ export abstract class Module {
     if (problems.length) throw new Error(`loadStateDict: the state dict does not fit the model:\n${problems.join('\n')}`);
     for (const [k, t] of sd) {
       const p = own.get(k);
-      if (!p) continue;
-      if (p.device === t.device) {
-        runOp('cast', 0, [k], [t], [p]);
-      } else {  // a host checkpoint into a model on the GPU (or back): convert where t is, then copy
-        const c = t.dtype === p.dtype ? t : t.to(p.dtype);
-        try {
-          c._live('loadStateDict', k).copyTo(p._live('loadStateDict', k));
-        } finally {
-          if (c !== t) c.dispose();
-        }
-      }
+      if (p) assignInto('loadStateDict', k, t, p);  // a host checkpoint into a model on the GPU too
     }
     return { missing, unexpected };
   }

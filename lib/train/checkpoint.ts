@@ -76,8 +76,10 @@ async function writeTensorsAtomic(file: string, tensors: [string, Tensor][], met
     for (let i = 0; i < list.length; ++i) {
       await opts.beforeChunk?.(i + 1, total);
       const t = list[i]![1];
-      // a copy, one tensor at a time: a view of a parameter would make bf16 plans remake its copy until collected
-      await writeAll(handle, new Uint8Array(t._live('checkpoint', list[i]![0]).read()));
+      // a copy, one tensor at a time (through the host for a GPU tensor): a view of a parameter would make
+      // bf16 plans remake its copy until collected
+      t._live('checkpoint', list[i]![0]);
+      await writeAll(handle, t.toBytes());
     }
   });
 }

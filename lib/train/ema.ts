@@ -3,7 +3,7 @@
  * native `lerp` op, ema += (1 - decay) * (param - ema). Optional warmup of the decay, min(decay, (1 + n) / (10 + n)).
  * Evaluation with the EMA weights swaps them into the model for the duration of a callback.
  */
-import { runOp } from '../backend.js';
+import { assignInto, runOp } from '../backend.js';
 import type { Module } from '../nn/module.js';
 import { expectation, keep, Tensor } from '../tensor.js';
 
@@ -82,7 +82,7 @@ export class ModelEma {
       const t = sd.get(name);
       if (!t) throw new RangeError(expectation('a tensor for every parameter', 'ema state', `none for ${name}`));
       if (t.shape.join(',') !== s.shape.join(',')) throw new RangeError(expectation(`shape [${s.shape.join(', ')}]`, name, t));
-      runOp('cast', 0, [name], [t], [s]);
+      assignInto('loadStateDict', name, t, s);  // a host checkpoint into a shadow on the GPU too
     }
     this.updates = updates;
   }

@@ -5,7 +5,7 @@
 import { noGrad } from '../autograd/node.js';
 import { crossEntropy } from '../ops.js';
 import type { Module } from '../nn/module.js';
-import { expectation, Tensor, tidy } from '../tensor.js';
+import { expectation, onDevice, Tensor, tidy } from '../tensor.js';
 import type { Batch } from './data.js';
 
 /** How many rows of `logits` [B, K] have their label among the k largest values, for each k in ks. */
@@ -68,7 +68,7 @@ export async function evaluate(model: Module, batches: AsyncIterable<Batch> | It
   try {
     for await (const batch of batches) {
       const r = noGrad(() => tidy(() => {
-        const x = Tensor.from(batch.images, batch.shape);
+        const x = onDevice(Tensor.from(batch.images, batch.shape), model.device);
         const logits = model.forward(x);
         const loss = crossEntropy(logits, batch.labels);
         return { logits: logits.toFloat32Array(), k: logits.shape[1]!, loss: loss.item() };

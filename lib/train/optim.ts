@@ -12,7 +12,7 @@
  * sees g = grad * gradScale, so accumulated gradients need no extra pass. The state (moments, momentum
  * buffers, per-parameter step counts) is serialisable with stateDict() / loadStateDict().
  */
-import { runOp } from '../backend.js';
+import { assignInto, runOp } from '../backend.js';
 import { Module, type Parameter } from '../nn/module.js';
 import { expectation, keep, Tensor } from '../tensor.js';
 
@@ -279,7 +279,7 @@ export abstract class Optimizer {
           list = names.map(() => keep(Tensor.zeros(p.shape, p.dtype, p.device)));
           fresh.set(pname, list);
         }
-        runOp('cast', 0, [key], [t], [list[slot]!]);
+        assignInto('loadStateDict', key, t, list[slot]!);  // a host checkpoint into GPU state too
       }
     } catch (e) {
       for (const list of fresh.values()) for (const t of list) t.dispose();

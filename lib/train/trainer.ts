@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { crossEntropy } from '../ops.js';
 import type { Module } from '../nn/module.js';
 import { getRngState, setRngState } from '../random.js';
-import { expectation, Tensor, tidy } from '../tensor.js';
+import { expectation, onDevice, Tensor, tidy } from '../tensor.js';
 import { LABELS_METADATA_KEY, loadTrainCheckpoint, saveModelWeights, saveTrainCheckpoint } from './checkpoint.js';
 import type { Batch } from './data.js';
 import type { ModelEma } from './ema.js';
@@ -196,11 +196,12 @@ export class Trainer {
   /** One micro-batch: forward, loss, backward (gradients accumulate). Returns the loss and top-1 correct count. */
   forwardBackward(batch: Batch): { loss: number; correct: number } {
     const r = tidy(() => {
-      const x = Tensor.from(batch.images, batch.shape);
+      const device = this.model.device;  // batches come from the loader on the CPU
+      const x = onDevice(Tensor.from(batch.images, batch.shape), device);
       const logits = this.model.forward(x);
       const k = logits.shape[1]!;
       const loss = batch.targets
-        ? crossEntropy(logits, Tensor.from(batch.targets, [batch.shape[0], k]))
+        ? crossEntropy(logits, onDevice(Tensor.from(batch.targets, [batch.shape[0], k]), device))
         : crossEntropy(logits, batch.labels, { labelSmoothing: this.labelSmoothing });
       loss.backward();
       return { loss: loss.item(), logits: logits.toFloat32Array(), k };

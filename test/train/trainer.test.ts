@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { cudaAvailable } from '../../lib/device.js';
 import { readSafetensorsHeader } from '../../lib/io/safetensors.js';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
 import { manualSeed } from '../../lib/random.js';
@@ -62,9 +63,10 @@ interface Run {
   close: () => Promise<void>;
 }
 
-function makeRun(opts: { epochs: number; outDir?: string; workers?: number; seed?: number; mixup?: boolean; ema?: boolean; dropPath?: number; lr?: number }): Run {
+function makeRun(opts: { epochs: number; outDir?: string; workers?: number; seed?: number; mixup?: boolean; ema?: boolean; dropPath?: number; lr?: number; device?: 'cpu' | 'cuda' }): Run {
   manualSeed(opts.seed ?? 1);
   const model = createModel({ ...TINY, depths: [...TINY.depths], dims: [...TINY.dims] }, { dropPathRate: opts.dropPath ?? 0, headDropout: opts.dropPath ? 0.1 : 0 });
+  if (opts.device === 'cuda') model.to('cuda');  // before the optimizer and the EMA take the parameters
   const train = new DataLoader(synthetic(64, 3), {
     batchSize: 16, shuffle: true, seed: 5, workers: opts.workers ?? 0, transform: { ...trainSpec, size: [16, 16] },
     mixup: opts.mixup ? { numClasses: 2, mixupAlpha: 0.8, cutmixAlpha: 1, labelSmoothing: 0.1 } : null,
@@ -144,6 +146,38 @@ describe('Trainer', () => {
       expect(c.trainer.history[1]!.emaEval!.loss).toBe(a.trainer.history[1]!.emaEval!.loss);
     } finally {
       await Promise.all([a.close(), b.close(), c.close()]);
+    }
+  });
+
+  // Where a GPU is usable: the same run on the GPU follows the CPU's losses (fp32 on both; the kernels'
+  // summation orders differ), and a checkpoint written there resumes there.
+  it.runIf(cudaAvailable())('trains on the GPU as on the CPU (mixup, EMA), and resumes on the GPU from its checkpoint', async () => {
+    const common = { mixup: true, ema: true };
+    const cpu = makeRun({ ...common, epochs: 2 });
+    const outG = path.join(tmp, 'gpu');
+    const g = makeRun({ ...common, epochs: 1, outDir: outG, device: 'cuda' });
+    const r = makeRun({ ...common, epochs: 2, seed: 77, device: 'cuda' });
+    const near = (got: StepInfo[], want: StepInfo[]) => {
+      expect(got.length).toBe(want.length);
+      got.forEach((s, i) => expect(Math.abs(s.loss - want[i]!.loss), `step ${i}: ${s.loss} vs ${want[i]!.loss}`).toBeLessThanOrEqual(2e-3 * Math.max(1, Math.abs(want[i]!.loss))));
+    };
+    try {
+      manualSeed(123);
+      await cpu.trainer.fit();
+      manualSeed(123);
+      await g.trainer.fit();
+      expect(g.model.device).toBe('cuda');
+      expect(g.model.parameters().every((p) => p.device === 'cuda')).toBe(true);
+      near(g.losses, cpu.losses.slice(0, 4));
+      await r.trainer.resume(path.join(outG, 'checkpoint.safetensors'));
+      expect(r.model.device).toBe('cuda');
+      await r.trainer.fit();
+      near(r.losses, cpu.losses.slice(4));
+      const ev = r.trainer.history[1]!, evCpu = cpu.trainer.history[1]!;
+      expect(Math.abs(ev.eval!.loss - evCpu.eval!.loss)).toBeLessThanOrEqual(2e-3 * Math.max(1, evCpu.eval!.loss));
+      expect(Math.abs(ev.emaEval!.loss - evCpu.emaEval!.loss)).toBeLessThanOrEqual(2e-3 * Math.max(1, evCpu.emaEval!.loss));
+    } finally {
+      await Promise.all([cpu.close(), g.close(), r.close()]);
     }
   });
 
