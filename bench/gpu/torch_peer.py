@@ -8,6 +8,7 @@ Writes one JSON object per line:
            forward and backward, fp32 (TF32 off) and bf16, B = 1, 64, 256;
   models:  timm caformer_s18 / convformer_s18 at 224, eager fp32, eager bf16 (weights and input in bf16),
            both channels_last, B = 1, 64, 256; torch.compile of the bf16 model at B = 256 while time allows.
+Order: the eager models, the kernels, then torch.compile (each stops when the deadline nears).
 Timing: CUDA events around each call after warm-up, median. TF32 is disabled for fp32 (our kernels
 compute true fp32). Prints one line per figure ('PEER ...'); never fails the whole run for one figure.
 """
@@ -113,14 +114,14 @@ def make_model(name, dtype):
     return timm.create_model(name, pretrained=False).cuda().eval().to(dtype).to(memory_format=torch.channels_last)
 
 
-def models(out, batches, deadline, compile_ok):
+def models(out, batches, deadline, phase):
     try:
         import timm  # noqa: F401
     except Exception as e:
         print(f"SKIP models: timm is not importable ({e})", flush=True)
         return
     names = ("caformer_s18", "convformer_s18")
-    for name in names:  # eager first: every figure the targets need
+    for name in (names if phase == "eager" else ()):  # eager: every figure the targets need
         for dtype in (torch.float32, torch.bfloat16):
             dname = "float32" if dtype == torch.float32 else "bfloat16"
             try:
@@ -142,7 +143,7 @@ def models(out, batches, deadline, compile_ok):
                     print(f"ERROR model {name} B={B} {dname}: {e}", flush=True)
             del model
             torch.cuda.empty_cache()
-    if not compile_ok:
+    if phase != "compile":
         return
     B = batches[-1]
     for name in names:  # then torch.compile (bf16, the largest batch) while time allows
@@ -185,8 +186,11 @@ def main():
         out.write(json.dumps(dict(kind="env", device=torch.cuda.get_device_name(), torch=torch.__version__,
                                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), batch=0,
                                   dtype="", ms=0)) + "\n")
+        # the models first (the issue's targets), then the kernels, then torch.compile while time allows
+        models(out, batches, args.deadline, "eager")
         kernels(out, batches, args.deadline)
-        models(out, batches, args.deadline, not args.no_compile)
+        if not args.no_compile:
+            models(out, batches, args.deadline, "compile")
     return 0
 
 
