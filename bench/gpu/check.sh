@@ -29,6 +29,9 @@
 #              GPU, the tiny model fixtures forward and backward on 'cuda' against the float64 reference,
 #              predict()/features() on the GPU in fp32 and bf16, an AdamW step and a Trainer run
 #              (mixup, EMA, checkpoint resume) on the GPU against the CPU
+#   hostcpu    (in the background, on the upper half of the cores, from the node stage on) issue 5's bf16
+#              mode on this machine's CPU: the bf16 tests and caformer_s18 fp32/bf16 beside onnxruntime's
+#              CPU EP (bench/gpu/host_cpu.sh)
 #   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
@@ -155,6 +158,16 @@ else
   fi
 fi
 
+# --- hostcpu (background): issue 5's bf16 mode on this machine's CPU, on the upper half of the cores -------
+HOSTCPU_PID=""
+NPROC=$(nproc)
+LOWER="0-$(( NPROC / 2 - 1 ))"
+if [ -n "$NODE" ] && [ "$NPROC" -ge 8 ]; then
+  bash bench/gpu/host_cpu.sh "$NODE" "$PY" "$OUT/hostcpu.txt" "$(( NPROC / 2 ))-$(( NPROC - 1 ))" 4 > "$OUT/hostcpu.log" 2>&1 &
+  HOSTCPU_PID=$!
+fi
+pin_lower() { if command -v taskset >/dev/null && [ "$NPROC" -ge 8 ]; then taskset -c "$LOWER" "$@"; else "$@"; fi; }
+
 OURS=$OUT/ours.jsonl
 : > "$OURS"
 need_build() { if [ $BUILT = 1 ]; then return 0; fi; stage "$1" SKIPPED "the checker did not build"; return 1; }
@@ -228,7 +241,7 @@ fi
 if [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
-  run_limited 150 "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
+  run_limited 150 pin_lower "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
     test/train/trainer.test.ts \
     --reporter=verbose > "$OUT/nodetests.log" 2>&1
   rc=$?
@@ -258,6 +271,22 @@ else
 fi
 
 
+# --- hostcpu: collect the background run ------------------------------------------------------------
+if [ -z "$HOSTCPU_PID" ]; then
+  stage hostcpu SKIPPED "needs the carried Node and at least 8 cores"
+else
+  while kill -0 "$HOSTCPU_PID" 2>/dev/null && (( $(left) > 8 )); do sleep 1; done
+  if kill -0 "$HOSTCPU_PID" 2>/dev/null; then
+    kill -- "$HOSTCPU_PID" 2>/dev/null; pkill -P "$HOSTCPU_PID" 2>/dev/null
+    stage hostcpu FAIL "stopped at the time limit (partial: hostcpu.txt)"
+  elif wait "$HOSTCPU_PID"; then
+    stage hostcpu PASS "$(grep -m1 '^flags' "$OUT/hostcpu.txt"); $(grep -m1 'bf16Native' "$OUT/hostcpu.txt")"
+  else
+    stage hostcpu FAIL "the bf16 tests failed on this CPU (hostcpu.txt)"
+  fi
+  cat "$OUT/hostcpu.txt" >> "$LOG" 2>/dev/null
+fi
+
 # --- report ---------------------------------------------------------------------------------------
 if $PY bench/gpu/report.py --out "$OUT" >> "$LOG" 2>&1; then stage report PASS "$OUT/RESULTS-gpu.md"
 else stage report FAIL "see check.log"; fi
@@ -265,6 +294,7 @@ log ""
 column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 rm -f "$OUT/stages.tsv.tmp"
 # A GPU lease returns at most 8 files: every log but check.log goes into one archive.
-(cd "$OUT" && ls env.txt build.log node.log nodetests.log 2>/dev/null | xargs -r tar -czf logs.tar.gz --remove-files)
+(cd "$OUT" && ls env.txt build.log node.log nodetests.log hostcpu.txt hostcpu.log 2>/dev/null \
+   | xargs -r tar -czf logs.tar.gz --remove-files)
 grep -q $'\tFAIL\t' "$STAGES" && exit 1
 exit 0

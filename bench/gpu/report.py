@@ -123,6 +123,12 @@ def main():
                 lines.append(f"| {name} | {b} | {fmt(o32, 1)} | {fmt(p32, 1)} | {fmt(ratio(o32, p32), 2)} | "
                              f"{fmt(o16, 1)} | {fmt(p16, 1)} | {fmt(ratio(o16, p16), 2)} | "
                              f"{fmt(c16 and c16['img_per_s'], 1)} |")
+    hostcpu = os.path.join(out, "hostcpu.txt")
+    if os.path.exists(hostcpu):
+        lines += ["", "## This machine's CPU: bf16 mode (issue 5), caformer_s18 at 224", "",
+                  "Ours fp32 and bf16 (the bench models suite) and onnxruntime's CPU EP fp32 on the ONNX file our "
+                  "exporter writes, same thread count, beside the GPU stages (bench/gpu/host_cpu.sh).", "", "```",
+                  open(hostcpu).read().rstrip(), "```"]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "RESULTS-gpu.md"), "w") as f:
         f.write(md)
