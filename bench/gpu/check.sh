@@ -131,22 +131,32 @@ if [ -n "${WHEEL:-}" ]; then export LD_LIBRARY_PATH="$WHEEL/lib${LD_LIBRARY_PATH
 CARRY=${CARRY_DIR:-$ROOT/build-gpu-carry}
 NODE=""
 NB=${TMPDIR:-/tmp}/metaformer-node
+# unpack FILE.xz|FILE.tar.xz DEST: with xz where it is installed, else with Python's lzma
+unpack() {
+  case "$1" in
+    *.tar.xz) if command -v xz >/dev/null; then tar -C "$2" -xJf "$1"; else "$PY" -m tarfile -e "$1" "$2"; fi ;;
+    *) if command -v xz >/dev/null; then xz -dc "$1" > "$2"
+       else "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi ;;
+  esac
+}
 if [ ! -f "$CARRY/node.xz" ]; then
   stage node SKIPPED "no $CARRY (run bench/gpu/prepare.sh where Node is, carry the folder)"
 elif ! { rm -rf "$NB" && mkdir -p "$NB/lib" "$NB/fixtures" node_modules \
-         && xz -dc "$CARRY/node.xz" > "$NB/node" && chmod +x "$NB/node" \
-         && tar -C "$NB/lib" -xJf "$CARRY/libs.tar.xz" && tar -C "$NB/fixtures" -xJf "$CARRY/fixtures.tar.xz" \
-         && tar -C node_modules -xJf "$CARRY/nm.tar.xz" && tar -xJf "$CARRY/dist.tar.xz"; } > "$OUT/node.log" 2>&1; then
+         && unpack "$CARRY/node.xz" "$NB/node" && chmod +x "$NB/node" \
+         && unpack "$CARRY/libs.tar.xz" "$NB/lib" && unpack "$CARRY/fixtures.tar.xz" "$NB/fixtures" \
+         && unpack "$CARRY/nm.tar.xz" node_modules && unpack "$CARRY/dist.tar.xz" .; } > "$OUT/node.log" 2>&1; then
   stage node FAIL "unpacking $CARRY failed (node.log)"
 else
   export METAFORMER_ADDON=$CARRY/metaformer.node METAFORMER_FIXTURES=$NB/fixtures
-  for d in ${CUBLAS_ROOT_ARG#-DMETAFORMER_CUBLAS_ROOT=} ${WHEEL:-}; do
-    [ -n "$d" ] && export LD_LIBRARY_PATH="$d/lib:$d/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  done
-  export LD_LIBRARY_PATH="$NB/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  if info=$("$NB/node" -e 'const a = require(process.env.METAFORMER_ADDON); const b = a.buildInfo();
+  # The carried libraries (oneDNN, ...) and cuBLAS for Node alone, through a wrapper: PyTorch and the
+  # checker keep their own. Node's children (vitest's workers) inherit the variable.
+  NLD="$NB/lib"
+  for d in ${CUBLAS_ROOT_ARG#-DMETAFORMER_CUBLAS_ROOT=} ${WHEEL:-}; do [ -n "$d" ] && NLD="$NLD:$d/lib:$d/lib64"; done
+  printf '#!/bin/sh\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "%s" "$@"\n' "$NLD" "$NB/node" > "$NB/node-run"
+  chmod +x "$NB/node-run"
+  if info=$("$NB/node-run" -e 'const a = require(process.env.METAFORMER_ADDON); const b = a.buildInfo();
         console.log(process.version, JSON.stringify({ cuda: b.cuda }))' 2>>"$OUT/node.log"); then
-    NODE=$NB/node
+    NODE=$NB/node-run
     if ! ls "$PLANS"/*.plan >/dev/null 2>&1; then
       run_limited 60 "$NODE" dist/bench/gpu/export_plans.js "$PLANS" --fixtures "$NB/fixtures" >> "$OUT/node.log" 2>&1 \
         || log "export_plans failed (node.log)"
@@ -166,7 +176,8 @@ if [ -n "$NODE" ] && [ "$NPROC" -ge 8 ]; then
   bash bench/gpu/host_cpu.sh "$NODE" "$PY" "$OUT/hostcpu.txt" "$(( NPROC / 2 ))-$(( NPROC - 1 ))" 4 > "$OUT/hostcpu.log" 2>&1 &
   HOSTCPU_PID=$!
 fi
-pin_lower() { if command -v taskset >/dev/null && [ "$NPROC" -ge 8 ]; then taskset -c "$LOWER" "$@"; else "$@"; fi; }
+PIN_LOWER=()   # the foreground's Node work stays off the background's cores
+if command -v taskset >/dev/null && [ "$NPROC" -ge 8 ]; then PIN_LOWER=(taskset -c "$LOWER"); fi
 
 OURS=$OUT/ours.jsonl
 : > "$OURS"
@@ -241,7 +252,7 @@ fi
 if [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
-  run_limited 150 pin_lower "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
+  run_limited 150 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run test/core/device.test.ts test/models/fixtures.test.ts \
     test/train/trainer.test.ts \
     --reporter=verbose > "$OUT/nodetests.log" 2>&1
   rc=$?
