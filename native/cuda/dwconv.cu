@@ -210,8 +210,8 @@ Geom geom(const TensorView& x, const TensorView& w) {
               static_cast<int>(w.shape[3])};
 }
 
-bool tiled_ok(const Geom& g) {
-  return g.kh == K7 && g.kw == K7 && g.H < (1 << 20) && g.W < (1 << 20) && g.C < (1 << 24);
+bool tiled_ok(const Geom& g) {  // the tiled kernels put ceil(C / 32) in grid.y (at most 65535)
+  return g.kh == K7 && g.kw == K7 && g.H < (1 << 20) && g.W < (1 << 20) && g.C <= int64_t(65535) * 32;
 }
 
 template <int TH, int TW>
