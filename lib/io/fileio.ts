@@ -31,18 +31,28 @@ export function allocChecked(file: string, name: string, alloc: Alloc, dtype: DT
 
 /** Checks a tensor handed to a writer and returns its byte length. */
 export function checkRawTensor(file: string, name: string, t: RawTensor): number {
-  const size = DTYPE_SIZE[t.dtype];
-  if (size === undefined) throw new Error(`${file}: tensor '${name}': expected a known dtype but found ${preview(t.dtype)}`);
-  if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new Error(`${file}: tensor '${name}': expected a shape of non-negative integers but found ${preview(t.shape)}`);
+  const bytes = tensorBytes(file, name, t.dtype, t.shape);
+  checkTensorData(file, name, t, bytes);
+  return bytes;
+}
+
+/** The byte size of a dtype and shape, checked (the error names the file and the tensor). */
+export function tensorBytes(file: string, name: string, dtype: unknown, shape: unknown): number {
+  const size = DTYPE_SIZE[dtype as keyof typeof DTYPE_SIZE];
+  if (size === undefined) throw new Error(`${file}: tensor '${name}': expected a known dtype but found ${preview(dtype)}`);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new Error(`${file}: tensor '${name}': expected a shape of non-negative integers but found ${preview(shape)}`);
   }
-  const bytes = t.shape.reduce((a, d) => a * d, size);
+  return (shape as number[]).reduce((a, d) => a * d, size);
+}
+
+/** Checks that t.data holds exactly `bytes` bytes. */
+export function checkTensorData(file: string, name: string, t: Pick<RawTensor, 'dtype' | 'shape' | 'data'>, bytes: number): void {
   if (!(t.data instanceof Uint8Array) || t.data.byteLength !== bytes) {
     const found = t.data instanceof Uint8Array ? `${t.data.byteLength} bytes` : typeof t.data;
     throw new Error(`${file}: tensor '${name}': expected ${bytes} bytes of data for ${t.dtype} ${preview(t.shape)} ` +
       `but found ${found}`);
   }
-  return bytes;
 }
 
 /** One positional read: fill all of `buf` from byte `position` of the file. */

@@ -15,7 +15,8 @@ import * as fsp from 'node:fs/promises';
 import { DTYPE_SIZE, SAFETENSORS_DTYPE, type DType, type RawTensor } from '../dtype.js';
 import { writeFileAtomic } from './atomic.js';
 import {
-  allocChecked, checkRawTensor, defaultAlloc, IO_CHUNK, preview, runPlan, runPlanSync, writeAll, type Alloc, type ReadPlan,
+  allocChecked, checkRawTensor, checkTensorData, defaultAlloc, IO_CHUNK, preview, runPlan, runPlanSync, tensorBytes, writeAll,
+  type Alloc, type ReadPlan,
 } from './fileio.js';
 
 /** Largest header accepted (the reference implementation uses the same bound). */
@@ -205,20 +206,39 @@ export function readSafetensorsSync(file: string, opts: ReadSafetensorsOptions =
 }
 
 /**
- * Checks the tensors and returns the padded header bytes plus the tensors in layout order (element size
- * descending, then name).
+ * A tensor to write whose bytes are made when the writer reaches it, so a large state is never held
+ * twice (e.g. a copy of a native tensor, or of a GPU tensor through the host, one at a time).
  */
-function layout(file: string, entries: Map<string, RawTensor> | Iterable<[string, RawTensor]>,
-  metadata: Record<string, string> | undefined): { header: Uint8Array; order: RawTensor[] } {
+export interface PendingTensor {
+  dtype: DType;
+  shape: number[];
+  bytes: () => Uint8Array;
+}
+
+export interface WriteSafetensorsOptions {
+  /** @internal called before the header (index 0) and before each tensor (tests throw here to simulate a crash) */
+  beforeChunk?: (index: number, total: number) => void | Promise<void>;
+}
+
+type Entry = RawTensor | PendingTensor;
+
+/**
+ * Checks the tensors and returns the padded header bytes plus the tensors in layout order (element size
+ * descending, then name) with their byte sizes.
+ */
+function layout(file: string, entries: Iterable<[string, Entry]>, metadata: Record<string, string> | undefined):
+  { header: Uint8Array; order: [string, Entry, number][] } {
   const seen = new Set<string>();
-  const list: [string, RawTensor][] = [];
+  const list: [string, Entry, number][] = [];
   for (const [name, t] of entries) {
     if (typeof name !== 'string' || name === '__metadata__' || seen.has(name)) {
       throw new Error(`${file}: expected unique tensor names other than __metadata__ but found ${preview(name)}`);
     }
     seen.add(name);
-    checkRawTensor(file, name, t);
-    list.push([name, t]);
+    const bytes = 'bytes' in t && typeof t.bytes === 'function'
+      ? tensorBytes(file, name, t.dtype, t.shape)
+      : checkRawTensor(file, name, t as RawTensor);
+    list.push([name, t, bytes]);
   }
   for (const [k, v] of Object.entries(metadata ?? {})) {
     if (typeof v !== 'string') throw new Error(`${file}: expected metadata '${k}' to be a string but found ${preview(v)}`);
@@ -227,8 +247,8 @@ function layout(file: string, entries: Map<string, RawTensor> | Iterable<[string
   const parts: string[] = [];
   if (metadata) parts.push(`"__metadata__":${JSON.stringify(metadata)}`);
   let offset = 0;
-  for (const [name, t] of list) {
-    const end = offset + t.data.byteLength;
+  for (const [name, t, bytes] of list) {
+    const end = offset + bytes;
     parts.push(`${JSON.stringify(name)}:{"dtype":"${SAFETENSORS_DTYPE[t.dtype]}","shape":[${t.shape.join(',')}],` +
       `"data_offsets":[${offset},${end}]}`);
     offset = end;
@@ -238,15 +258,26 @@ function layout(file: string, entries: Map<string, RawTensor> | Iterable<[string
   const header = new Uint8Array(8 + padded).fill(0x20);
   new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
   header.set(json, 8);
-  return { header, order: list.map(([, t]) => t) };
+  return { header, order: list };
 }
 
-/** Writes a safetensors file atomically (temp file in the same directory, fsync, rename). */
-export async function writeSafetensors(file: string, entries: Map<string, RawTensor> | Iterable<[string, RawTensor]>,
-  metadata?: Record<string, string>): Promise<void> {
+/**
+ * Writes a safetensors file atomically (temp file in the same directory, fsync, rename): an earlier file
+ * survives any failure. Pending tensors are made one at a time as the writer reaches them.
+ */
+export async function writeSafetensors(file: string, entries: Map<string, Entry> | Iterable<[string, Entry]>,
+  metadata?: Record<string, string>, opts: WriteSafetensorsOptions = {}): Promise<void> {
   const { header, order } = layout(file, entries, metadata);
+  const total = order.length + 1;
   await writeFileAtomic(file, async (handle) => {
+    await opts.beforeChunk?.(0, total);
     await writeAll(handle, header);
-    for (const t of order) await writeAll(handle, t.data);
+    for (let i = 0; i < order.length; ++i) {
+      const [name, t, bytes] = order[i]!;
+      await opts.beforeChunk?.(i + 1, total);
+      const data = 'bytes' in t && typeof t.bytes === 'function' ? t.bytes() : (t as RawTensor).data;
+      checkTensorData(file, name, { dtype: t.dtype, shape: t.shape, data }, bytes);
+      await writeAll(handle, data);
+    }
   });
 }

@@ -3,7 +3,7 @@
  * memory through their `alloc` hook, so loading needs no second copy.
  */
 import type { DType, RawTensor } from '../dtype.js';
-import { Tensor } from '../tensor.js';
+import { expectation, Tensor } from '../tensor.js';
 import type { Alloc } from './fileio.js';
 import * as st from './safetensors.js';
 
@@ -83,10 +83,24 @@ export function toRaw(t: Tensor): RawTensor {
   return { dtype: t.dtype, shape: [...t.shape], data: new Uint8Array(t._live('write', 'tensor').view()) };
 }
 
-/** Writes tensors to a .safetensors file, atomically (an existing file survives any failure). */
+/**
+ * Writes tensors to a .safetensors file, atomically (an existing file survives any failure). Each tensor
+ * is copied out when the writer reaches it (through the host for a GPU tensor): no view of a weight is
+ * left behind, and only one tensor's copy exists at a time.
+ */
 export async function writeSafetensors(file: string, tensors: Map<string, Tensor> | Iterable<[string, Tensor]>,
-  metadata?: Record<string, string>): Promise<void> {
-  const entries: [string, RawTensor][] = [];
-  for (const [k, t] of tensors) entries.push([k, toRaw(t)]);
-  await st.writeSafetensors(file, entries, metadata);
+  metadata?: Record<string, string>, opts: st.WriteSafetensorsOptions = {}): Promise<void> {
+  const entries: [string, st.PendingTensor][] = [];
+  for (const [k, t] of tensors) {
+    if (!(t instanceof Tensor)) throw new TypeError(expectation('a Tensor', k, t));
+    t._live('write', k);
+    entries.push([k, {
+      dtype: t.dtype, shape: [...t.shape],
+      bytes: () => {
+        t._live('write', k);
+        return t.toBytes();
+      },
+    }]);
+  }
+  await st.writeSafetensors(file, entries, metadata, opts);
 }

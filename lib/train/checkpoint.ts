@@ -15,13 +15,9 @@
  * lib/io/checkpoint.ts's loadWeights read), with the model configuration in the metadata (and, from the
  * Trainer, the class names under metaformer_labels).
  */
-import type { FileHandle } from 'node:fs/promises';
-import { DTYPE_SIZE, SAFETENSORS_DTYPE } from '../dtype.js';
-import { writeFileAtomic } from '../io/atomic.js';
 import { CONFIG_METADATA_KEY } from '../io/checkpoint.js';
-import { writeAll } from '../io/fileio.js';
 import { readSafetensorsHeader } from '../io/safetensors.js';
-import { readSafetensors } from '../io/tensors.js';
+import { readSafetensors, writeSafetensors } from '../io/tensors.js';
 import { MetaFormer } from '../models/metaformer.js';
 import type { Module } from '../nn/module.js';
 import { expectation, type Tensor } from '../tensor.js';
@@ -48,7 +44,7 @@ export interface SaveOptions {
   beforeChunk?: (index: number, total: number) => void | Promise<void>;
 }
 
-/** Writes named tensors + metadata as safetensors through writeFileAtomic. */
+/** Writes named tensors + metadata as safetensors, atomically, one tensor copied at a time. */
 async function writeTensorsAtomic(file: string, tensors: [string, Tensor][], metadata: Record<string, string>, opts: SaveOptions): Promise<void> {
   const seen = new Set<string>();
   for (const [k, t] of tensors) {
@@ -56,32 +52,7 @@ async function writeTensorsAtomic(file: string, tensors: [string, Tensor][], met
     if (t.disposed) throw new TypeError(expectation('a live tensor', k, t));
     seen.add(k);
   }
-  const list = [...tensors].sort(([an, a], [bn, b]) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (an < bn ? -1 : an > bn ? 1 : 0));
-  const parts = [`"__metadata__":${JSON.stringify({ format: 'pt', ...metadata })}`];
-  let offset = 0;
-  for (const [name, t] of list) {
-    const end = offset + t.numel * DTYPE_SIZE[t.dtype];
-    parts.push(`${JSON.stringify(name)}:{"dtype":"${SAFETENSORS_DTYPE[t.dtype]}","shape":[${t.shape.join(',')}],"data_offsets":[${offset},${end}]}`);
-    offset = end;
-  }
-  const json = new TextEncoder().encode(`{${parts.join(',')}}`);
-  const padded = Math.ceil(json.byteLength / 8) * 8;
-  const header = new Uint8Array(8 + padded).fill(0x20);
-  new DataView(header.buffer).setBigUint64(0, BigInt(padded), true);
-  header.set(json, 8);
-  const total = list.length + 1;
-  await writeFileAtomic(file, async (handle: FileHandle) => {
-    await opts.beforeChunk?.(0, total);
-    await writeAll(handle, header);
-    for (let i = 0; i < list.length; ++i) {
-      await opts.beforeChunk?.(i + 1, total);
-      const t = list[i]![1];
-      // a copy, one tensor at a time (through the host for a GPU tensor): a view of a parameter would make
-      // bf16 plans remake its copy until collected
-      t._live('checkpoint', list[i]![0]);
-      await writeAll(handle, t.toBytes());
-    }
-  });
+  await writeSafetensors(file, tensors, { format: 'pt', ...metadata }, { beforeChunk: opts.beforeChunk });
 }
 
 function modelConfigJson(model: Module): string | null {

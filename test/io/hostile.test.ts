@@ -334,6 +334,16 @@ describe('failed writes', () => {
     }
     await expect(writeSafetensors(target, midway())).rejects.toThrow('producer failed');
     expect(fs.readFileSync(target).equals(before)).toBe(true);
+    // pending tensors are made as the writer reaches them: one that throws, or makes the wrong size, fails
+    // the write midway (after the header and earlier tensors went to the temp file)
+    const made: string[] = [];
+    const pending = (name: string, bytes: () => Uint8Array) => [name, { dtype: 'float32', shape: [3], bytes: () => { made.push(name); return bytes(); } }] as const;
+    await expect(writeSafetensors(target, [pending('a', () => new Uint8Array(12)), pending('b', () => { throw new Error('copy failed'); })]))
+      .rejects.toThrow('copy failed');
+    await expect(writeSafetensors(target, [pending('a', () => new Uint8Array(12)), pending('b', () => new Uint8Array(4))]))
+      .rejects.toThrow(`${target}: tensor 'b': expected 12 bytes of data for float32 [3] but found 4 bytes`);
+    expect(made).toEqual(['a', 'b', 'a', 'b']);
+    expect(fs.readFileSync(target).equals(before)).toBe(true);
 
     const pth = path.join(dir, 'model.pth');
     await writePth(pth, [['w', good]]);
