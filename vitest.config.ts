@@ -1,10 +1,19 @@
 import { defineConfig } from 'vitest/config';
 
+// Two projects: every test on this machine as it is, and the tests with GPU cases again on the emulated
+// CUDA device (METAFORMER_EMULATE_CUDA=1: 'cuda' tensors in host memory, the cpu kernels behind the cuda
+// backend), so the device plumbing of tensors, models and training is exercised without a GPU. On a
+// machine with a GPU (and an addon built with CUDA) the first project runs those cases on the real device.
+const GPU_CASES = ['test/core/device.test.ts', 'test/models/fixtures.test.ts', 'test/train/trainer.test.ts'];
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     pool: 'forks',
     testTimeout: 120_000,
     hookTimeout: 120_000,
+    projects: [
+      { extends: true, test: { name: 'host', include: ['test/**/*.test.ts'] } },
+      { extends: true, test: { name: 'emulated-cuda', include: GPU_CASES, env: { METAFORMER_EMULATE_CUDA: '1' } } },
+    ],
   },
 });

@@ -40,6 +40,11 @@ export interface CudaInfo {
   reason: string;
   name?: string;
   memory?: { live: number; peak: number; cached: number; free: number; total: number };
+  /**
+   * The emulated device of a build without CUDA (METAFORMER_EMULATE_CUDA=1 when the addon loads): 'cuda'
+   * tensors in host memory, the cpu kernels behind the cuda backend. For testing the device plumbing.
+   */
+  emulated?: boolean;
 }
 
 export interface PlanSpec {

@@ -20,7 +20,7 @@ pin() { if command -v taskset >/dev/null; then taskset -c "$CORES" "$@"; else "$
   echo "flags: $(grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   pin "$NODE" -e "import('./dist/lib/plan.js').then((m) => console.log('bf16Native:', m.bf16Native()))" 2>&1
 } > "$OUTF"
-pin "$NODE" node_modules/vitest/vitest.mjs run test/core/precision.test.ts > "$TMP/vitest.log" 2>&1
+pin "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/precision.test.ts > "$TMP/vitest.log" 2>&1
 rc=$?
 grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision tests: /' >> "$OUTF"
 [ $rc = 0 ] || grep -E '(×|FAIL)' "$TMP/vitest.log" | head -20 >> "$OUTF"

@@ -43,6 +43,7 @@ const Backend& backend_by_id(Napi::Env env, int64_t id) {
 #ifdef METAFORMER_WITH_CUDA
   if (id == 2) return cuda_backend();
 #else
+  if (id == 2 && emulated_cuda()) return cuda_backend();
   if (id == 2) throw Napi::Error::New(env, "metaformer: this build has no CUDA backend (built without CUDA and cuBLAS)");
 #endif
   throw Napi::RangeError::New(env, "Expected a backend id (0: ref, 1: cpu, 2: cuda) but received " + std::to_string(id));
@@ -74,10 +75,15 @@ static Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
     return 0;
   });
 #else
+  const bool emu = emulated_cuda();
   o.Set("built", Napi::Boolean::New(env, false));
-  o.Set("available", Napi::Boolean::New(env, false));
-  o.Set("devices", Napi::Number::New(env, 0));
-  o.Set("reason", Napi::String::New(env, "this build of metaformer has no CUDA backend"));
+  o.Set("available", Napi::Boolean::New(env, emu));
+  o.Set("devices", Napi::Number::New(env, emu ? 1 : 0));
+  o.Set("reason", Napi::String::New(env, emu ? "" : "this build of metaformer has no CUDA backend"));
+  if (emu) {
+    o.Set("emulated", Napi::Boolean::New(env, true));
+    o.Set("name", Napi::String::New(env, "emulated CUDA device (host memory, cpu kernels; METAFORMER_EMULATE_CUDA=1)"));
+  }
 #endif
   return o;
 }
@@ -150,6 +156,13 @@ static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
 }
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+#ifndef METAFORMER_WITH_CUDA
+  static const bool emulate = [] {  // once per process, before any device tensor exists
+    if (emulate_cuda_requested()) enable_emulated_cuda();
+    return true;
+  }();
+  (void)emulate;
+#endif
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);
   Napi::Function tensor = NativeTensor::Define(env);

@@ -113,6 +113,8 @@ NativeTensor::NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
     cuda::zero(storage_->ptr, bytes);
     return 0;
   });
+#else
+  if (zero && device == kCudaDevice) std::memset(storage_->ptr, 0, bytes);  // the emulated device: host memory
 #endif
 }
 

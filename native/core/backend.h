@@ -94,6 +94,13 @@ class PlanContextScope {
   PlanContext prev_;
 };
 
+// The emulated CUDA device (core/emulated_device.cpp; builds without CUDA only, METAFORMER_EMULATE_CUDA=1):
+// device 1 in host memory, the cuda backend running the cpu kernels. For testing the device plumbing.
+bool emulate_cuda_requested();  // the environment asks for it
+void enable_emulated_cuda();    // installs it (call once, before any device tensor exists)
+bool emulated_cuda();           // installed
+void use_cpu_kernels_for_cuda_backend();  // (ops.cpp) the cuda backend's table := the cpu backend's
+
 // Sets the calling thread's GEMM precision outside plans and returns the previous one (eager inference on
 // a GPU in bf16 runs its ops between two calls). Plans set their own context and restore this one.
 Precision set_thread_precision(Precision p);

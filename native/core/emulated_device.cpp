@@ -1,0 +1,49 @@
+// core/emulated_device.cpp: an emulated CUDA device for builds without CUDA, switched on by the
+// environment variable METAFORMER_EMULATE_CUDA=1 when the addon loads. Device-1 tensors then live in
+// host memory (through the same device hooks a real device installs) and the cuda backend runs the cpu
+// kernels, so the library's device plumbing (tensor moves, per-device allocation, device checks, models,
+// losses, optimizers and the Trainer on 'cuda', eager inference, checkpoints through the host) is tested
+// on machines without a GPU. Host code still cannot touch device tensors directly: view()/read()/write()
+// refuse device 1 exactly as with a real GPU. Never a performance path; the CUDA kernels themselves are
+// checked on a GPU by native/cuda/tests.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "backend.h"
+#include "check.h"
+#include "memory.h"
+
+namespace mf {
+namespace {
+
+void* emu_alloc(size_t bytes) {
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+  if (!p) throw Error(ErrorKind::range, "emulated CUDA device: out of memory (" + std::to_string(bytes) + " bytes)");
+  return p;
+}
+
+void emu_release(void* p, size_t) { std::free(p); }
+
+void emu_copy(void* dst, int32_t, const void* src, int32_t, size_t bytes) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+
+const DeviceHooks kEmulatedHooks{emu_alloc, emu_release, emu_copy};
+
+}  // namespace
+
+bool emulate_cuda_requested() {
+  const char* v = std::getenv("METAFORMER_EMULATE_CUDA");
+  return v && std::strcmp(v, "1") == 0;
+}
+
+void enable_emulated_cuda() {
+  set_device_hooks(kCudaDevice, &kEmulatedHooks);
+  use_cpu_kernels_for_cuda_backend();
+}
+
+bool emulated_cuda() { return device_hooks(kCudaDevice) == &kEmulatedHooks; }
+
+}  // namespace mf
