@@ -4,7 +4,7 @@ import { defineConfig } from 'vitest/config';
 // CUDA device (METAFORMER_EMULATE_CUDA=1: 'cuda' tensors in host memory, the cpu kernels behind the cuda
 // backend), so the device plumbing of tensors, models and training is exercised without a GPU. On a
 // machine with a GPU (and an addon built with CUDA) the first project runs those cases on the real device.
-const GPU_CASES = ['test/core/device.test.ts', 'test/models/fixtures.test.ts', 'test/train/trainer.test.ts'];
+const GPU_CASES = ['test/core/device.test.ts', 'test/models/fixtures.test.ts', 'test/train/trainer.test.ts', 'test/cli/device.test.ts'];
 
 export default defineConfig({
   test: {

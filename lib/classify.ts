@@ -4,6 +4,7 @@
  * run through the model's compiled inference plan in batches, and turned into probabilities with a softmax.
  */
 import { preprocessImage, type ImageSource } from './io/image.js';
+import { type DeviceOption, resolveDevice } from './device.js';
 import { createPretrained, type FetchOptions } from './io/hub.js';
 import { labelsFor } from './labels.js';
 import { MetaFormer } from './models/metaformer.js';
@@ -22,6 +23,8 @@ export interface ClassifyOptions extends Pick<FetchOptions, 'cacheDir' | 'offlin
   labels?: readonly string[];
   /** Images per forward pass (default 8). */
   batchSize?: number;
+  /** With a model name: where to build it ('cpu' default, 'cuda', 'auto'). A MetaFormer runs where it is. */
+  device?: DeviceOption;
 }
 
 export interface Prediction {
@@ -74,6 +77,7 @@ function checkOptions(opts: ClassifyOptions): { topK: number; batchSize: number 
   if (opts.weights !== undefined && (typeof opts.weights !== 'string' || opts.weights === '')) {
     throw new TypeError(expectation('a checkpoint path or URL', 'weights', opts.weights));
   }
+  if (opts.device !== undefined) resolveDevice(opts.device);  // a bad or unusable device fails before any download
   return { topK, batchSize };
 }
 
@@ -117,6 +121,7 @@ export async function classify(images: ClassifyInput[] | ClassifyInput, opts: Cl
   const model = opts.model instanceof MetaFormer ? opts.model
     : await createPretrained(opts.model, { weights: opts.weights, cacheDir: opts.cacheDir, offline: opts.offline, progress: opts.progress });
   try {
+    if (owned && opts.device !== undefined) model.to(opts.device);
     const names = labelsFor(model.numClasses, opts.labels);
     const cfg = model.config;
     const pre = { inputSize: cfg.inputSize, cropPct: cfg.cropPct, interpolation: cfg.interpolation, mean: cfg.mean, std: cfg.std };

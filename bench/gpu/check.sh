@@ -252,7 +252,7 @@ fi
 if [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
-  run_limited 150 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/device.test.ts test/models/fixtures.test.ts \
+  run_limited 150 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/device.test.ts test/models/fixtures.test.ts test/cli/device.test.ts \
     test/train/trainer.test.ts \
     --reporter=verbose > "$OUT/nodetests.log" 2>&1
   rc=$?

@@ -59,6 +59,9 @@ export function intOption(values: OptionValues, name: string, fallback: number):
 }
 
 /** Checks an option against a list of allowed values. */
+/** The choices of the --device options. */
+export const DEVICES = ['cpu', 'cuda', 'auto'] as const;
+
 export function choiceOption<T extends string>(values: OptionValues, name: string, choices: readonly T[]): T | undefined {
   const v = stringOption(values, name);
   if (v === undefined) return undefined;

@@ -16,6 +16,7 @@
 import { existsSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { setNumThreads } from '../backend.js';
+import { type DeviceOption, resolveDevice } from '../device.js';
 import { loadWeights, readCheckpointConfig } from '../io/checkpoint.js';
 import { createModel } from '../models/index.js';
 import { type CustomModelConfig, type MetaFormer, resolveConfig } from '../models/metaformer.js';
@@ -161,6 +162,8 @@ export interface TrainRunOptions {
   evalLimit?: number;
   progress?: ProgressMode;
   log?: (line: string) => void;
+  /** Where the model trains: 'cpu' (default), 'cuda' or 'auto'; the data pipeline stays on the CPU. */
+  device?: DeviceOption;
 }
 
 export interface TrainRunResult {
@@ -221,6 +224,7 @@ function defaultImageSize(opts: TrainRunOptions): number {
 /** Everything a run needs, built from options (shared by trainRun and measureThroughput). */
 export async function prepareRun(opts: TrainRunOptions): Promise<{ trainer: Trainer; model: MetaFormer; data: DataSetup; close: () => Promise<void> }> {
   const seed = opts.seed ?? 0;
+  if (opts.device !== undefined) resolveDevice(opts.device);  // a bad or unusable device fails before the data loads
   if (opts.deterministic) setNumThreads(1);
   manualSeed(seed);
   const imageSize = defaultImageSize(opts);
@@ -236,6 +240,14 @@ export async function prepareRun(opts: TrainRunOptions): Promise<{ trainer: Trai
       interpolation: 'bilinear' as const, cropPct: 1 }
     : undefined;
   const model = await buildTrainModel(opts, numClasses, imageSize, norm);
+  if (opts.device !== undefined && opts.device !== 'cpu') {
+    try {
+      model.to(opts.device);  // before the optimizer and the EMA take the parameters
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
   const batchSize = opts.batchSize ?? 64;
   const mixAlpha = opts.mixup ?? 0, cutAlpha = opts.cutmix ?? 0;
   const smoothing = opts.smoothing ?? 0.1;
@@ -339,6 +351,8 @@ export interface EvalRunOptions {
   workers?: number;
   imageSize?: number;
   evalLimit?: number;
+  /** Where the model runs: 'cpu' (default), 'cuda' or 'auto'. */
+  device?: DeviceOption;
 }
 
 export interface EvalRunResult extends EvalResult {
@@ -350,6 +364,7 @@ export interface EvalRunResult extends EvalResult {
 
 /** Evaluates saved weights on the evaluation split of `data`. */
 export async function evalRun(opts: EvalRunOptions): Promise<EvalRunResult> {
+  if (opts.device !== undefined) resolveDevice(opts.device);
   const cfg = opts.model === undefined ? await readCheckpointConfig(opts.weights) : null;
   let model: MetaFormer;
   if (cfg) model = createModel(resolveConfig(cfg as unknown as CustomModelConfig));
@@ -359,6 +374,7 @@ export async function evalRun(opts: EvalRunOptions): Promise<EvalRunResult> {
   else throw new Error(expectation('--model (the checkpoint records no configuration)', 'model', undefined));
   try {
     await loadWeights(model, opts.weights);
+    if (opts.device !== undefined) model.to(opts.device);
     const size = opts.imageSize ?? model.config.inputSize[0];
     const data = setupData(opts.data, { imageSize: size, val: opts.val, evalLimit: opts.evalLimit, cropPct: model.config.cropPct });
     if (!data.eval) throw new Error(expectation('an evaluation split (train/ and val/ folders, or --val)', 'data', opts.data));

@@ -8,7 +8,8 @@ import * as path from 'node:path';
 import { classify, type Prediction } from '../../classify.js';
 import { packageRoot } from '../../native.js';
 import { modelFromOptions } from '../model-arg.js';
-import { choiceOption, intOption, UsageError, type Command } from '../command.js';
+import { resolveDevice } from '../../device.js';
+import { choiceOption, DEVICES, intOption, UsageError, type Command } from '../command.js';
 
 /** The weights `classify` uses when no model is named: shipped in the package. */
 export const DEFAULT_CLASSIFY_WEIGHTS = path.join(packageRoot(), 'assets', 'models', 'fashion-mnist-caformer.safetensors');
@@ -22,7 +23,7 @@ function percent(p: number): string {
 export const classifyCommand: Command = {
   name: 'classify',
   summary: 'classify images (default: the shipped Fashion-MNIST CAFormer; registry models download their weights)',
-  usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--precision float32|bf16] [--json] [--offline] [--cache-dir DIR]',
+  usage: '<image...> [--model NAME] [--weights FILE|URL] [--top 5] [--precision float32|bf16] [--device cpu|cuda|auto] [--json] [--offline] [--cache-dir DIR]',
   details: [
     '--model      a registry name (see list-models), with its pretrained weights (downloaded and cached);',
     '             default: the Fashion-MNIST CAFormer shipped in the package',
@@ -30,7 +31,8 @@ export const classifyCommand: Command = {
     '             model configuration, so --model is not needed for it',
     '--top        how many classes to show per image (default 5)',
     '--precision  float32 (default) or bf16: matrix products with bfloat16 operands (fast on CPUs with',
-    '             AVX512-BF16/AMX, emulated elsewhere)',
+    '             AVX512-BF16/AMX and on GPUs, emulated on other CPUs)',
+    '--device     cpu (default), cuda, or auto (the GPU when there is one, else the CPU)',
     '--offline    never download; use the cache (also METAFORMER_OFFLINE=1)',
     '--cache-dir  where downloaded weights live (default METAFORMER_CACHE or ~/.cache/metaformer)',
   ].join('\n'),
@@ -39,6 +41,7 @@ export const classifyCommand: Command = {
     weights: { type: 'string', short: 'w' },
     top: { type: 'string', short: 'k' },
     precision: { type: 'string' },
+    device: { type: 'string' },
     json: { type: 'boolean' },
     offline: { type: 'boolean' },
     'cache-dir': { type: 'string' },
@@ -47,6 +50,8 @@ export const classifyCommand: Command = {
     if (positionals.length === 0) throw new UsageError('Expected at least one image file but received none');
     const topK = intOption(values, 'top', 5);
     const precision = choiceOption(values, 'precision', ['float32', 'bf16'] as const) ?? 'float32';
+    const device = choiceOption(values, 'device', DEVICES);
+    if (device !== undefined) resolveDevice(device);  // before a model (maybe a download) is built
     // Check the images exist before a model (maybe a download) is built for them.
     for (const image of positionals) {
       const st = await fsp.stat(image).catch(() => null);
@@ -55,6 +60,7 @@ export const classifyCommand: Command = {
     const { model, labels } = await modelFromOptions(values, { file: DEFAULT_CLASSIFY_WEIGHTS });
     let results: Prediction[][];
     try {
+      if (device !== undefined) model.to(device);
       model.precision = precision;
       results = await classify(positionals, { model, topK, labels });
     } finally {

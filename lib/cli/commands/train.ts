@@ -7,7 +7,7 @@
  */
 import { TRAIN_PRESETS, trainRun, type TrainRunOptions } from '../../train/recipe.js';
 import type { OptimizerKind } from '../../train/optim.js';
-import { choiceOption, intOption, stringOption, UsageError, type Command, type OptionValues } from '../command.js';
+import { choiceOption, DEVICES, intOption, stringOption, UsageError, type Command, type OptionValues } from '../command.js';
 
 /** A finite number option within [min, max]. */
 export function numberOption(values: OptionValues, name: string, min = -Infinity, max = Infinity): number | undefined {
@@ -33,7 +33,7 @@ export const trainCommand: Command = {
   summary: 'train or fine-tune a model on fashion-mnist or an image folder (checkpoints, metrics, curves)',
   usage: '--data <folder|fashion-mnist> --model <name|preset> [--epochs 10] [--batch-size 64] [--lr] [--opt adamw|lamb|sgd] ' +
     '[--weight-decay 0.05] [--warmup-epochs] [--drop-path 0] [--mixup 0] [--cutmix 0] [--smoothing 0.1] [--ema DECAY] ' +
-    '[--accum 1] [--clip-grad] [--workers 1] [--out DIR] [--resume CKPT] [--seed 0] [--deterministic] [--json]',
+    '[--accum 1] [--clip-grad] [--workers 1] [--out DIR] [--resume CKPT] [--seed 0] [--deterministic] [--device cpu|cuda|auto] [--json]',
   details: [
     `--data           'fashion-mnist' (METAFORMER_FASHION_MNIST or Debian's /usr/share/datasets/fashion-mnist), or a`,
     '                 folder of class sub-folders; with train/ and val/ inside, those are the splits (else --val DIR)',
@@ -53,6 +53,7 @@ export const trainCommand: Command = {
     '--workers        augmentation worker threads (0 = on the main thread)',
     '--out            run folder (default runs/<model>); --resume continues from a checkpoint.safetensors',
     '--deterministic  one native thread (data, augmentation and dropout are always seeded per batch)',
+    '--device         cpu (default), cuda, or auto (the GPU when there is one; the data pipeline stays on the CPU)',
     '--train-limit/--eval-limit  use a fixed random subset of N samples (quick trials)',
   ].join('\n'),
   options: {
@@ -79,6 +80,7 @@ export const trainCommand: Command = {
     resume: { type: 'string' },
     seed: { type: 'string' },
     deterministic: { type: 'boolean' },
+    device: { type: 'string' },
     'image-size': { type: 'string' },
     aa: { type: 'string' },
     reprob: { type: 'string' },
@@ -122,6 +124,7 @@ export const trainCommand: Command = {
       resume: stringOption(values, 'resume'),
       seed: countOption(values, 'seed'),
       deterministic: values.deterministic === true,
+      device: choiceOption(values, 'device', DEVICES),
       imageSize: intOption(values, 'image-size', 0) || undefined,
       randAugment: aa === undefined ? undefined : aa === 'none' ? null : aa,
       reprob: numberOption(values, 'reprob', 0, 1),
