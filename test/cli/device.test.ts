@@ -5,15 +5,15 @@
  * CPU. Bad device names are usage errors.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classify } from '../../lib/classify.js';
 import { cudaAvailable } from '../../lib/device.js';
 import { evalRun, trainRun } from '../../lib/train/recipe.js';
+import { writeCornerFolder } from '../helpers/images.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.join(root, 'bin', 'metaformer.js');
@@ -24,29 +24,7 @@ const folder = path.join(tmp, 'shapes');
 const samples = ['0000-ankle-boot.png', '0018-bag.png', '0002-trouser.png'].map((f) => path.join(root, 'assets', 'samples', f));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** train/ and val/: a bright square in the top-left or the bottom-right corner of 24x24 noise. */
-beforeAll(async () => {
-  let s = 11;
-  const rand = (): number => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-  for (const [split, n] of [['train', 16], ['val', 8]] as const) {
-    for (let i = 0; i < n; ++i) {
-      const cls = i % 2 === 0 ? 'a' : 'b';
-      const px = new Uint8Array(24 * 24 * 3);
-      for (let y = 0; y < 24; ++y) {
-        for (let x = 0; x < 24; ++x) {
-          const on = cls === 'a' ? x < 12 && y < 12 : x >= 12 && y >= 12;
-          for (let c = 0; c < 3; ++c) px[(y * 24 + x) * 3 + c] = Math.round((on ? 210 : 50) + 40 * (rand() - 0.5));
-        }
-      }
-      const dir = path.join(folder, split, cls);
-      mkdirSync(dir, { recursive: true });
-      writeFileSync(path.join(dir, `${i}.png`), await sharp(px, { raw: { width: 24, height: 24, channels: 3 } }).png().toBuffer());
-    }
-  }
-});
+beforeAll(() => writeCornerFolder(folder, { train: 16, val: 8 }, 11));
 
 function cli(...args: string[]): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [bin, ...args], { cwd: tmp, encoding: 'utf8', env: { ...process.env, METAFORMER_OFFLINE: '1' }, timeout: 120_000 });

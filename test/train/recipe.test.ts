@@ -5,11 +5,10 @@
  * `metaformer eval` commands do the same from the command line (skipped without dist/).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensorsHeader } from '../../lib/io/safetensors.js';
 import { createModel } from '../../lib/models/index.js';
@@ -20,6 +19,7 @@ import { prepareFinetune } from '../../lib/train/finetune.js';
 import { createOptimizer } from '../../lib/train/optim.js';
 import { evalRun, trainRun } from '../../lib/train/recipe.js';
 import { fixturePath } from '../helpers/fixtures.js';
+import { writeCornerFolder } from '../helpers/images.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mf-recipe-'));
@@ -27,29 +27,7 @@ const folder = path.join(tmp, 'shapes');
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 /** train/ and val/ with two classes: a bright square in the top-left or the bottom-right corner of 24x24 noise. */
-beforeAll(async () => {
-  let s = 7;
-  const rand = (): number => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-  for (const [split, n] of [['train', 24], ['val', 8]] as const) {
-    for (let i = 0; i < n; ++i) {
-      const cls = i % 2 === 0 ? 'corner_a' : 'corner_b';
-      const px = new Uint8Array(24 * 24 * 3);
-      for (let y = 0; y < 24; ++y) {
-        for (let x = 0; x < 24; ++x) {
-          const inA = x < 12 && y < 12, inB = x >= 12 && y >= 12;
-          const v = (cls === 'corner_a' ? inA : inB) ? 220 : 40;
-          for (let c = 0; c < 3; ++c) px[(y * 24 + x) * 3 + c] = Math.max(0, Math.min(255, Math.round(v + 40 * (rand() - 0.5))));
-        }
-      }
-      const dir = path.join(folder, split, cls);
-      mkdirSync(dir, { recursive: true });
-      writeFileSync(path.join(dir, `${i}.png`), await sharp(px, { raw: { width: 24, height: 24, channels: 3 } }).png().toBuffer());
-    }
-  }
-});
+beforeAll(() => writeCornerFolder(folder));
 
 describe('fine-tuning', () => {
   it('loads the official tiny checkpoint, replaces the head, freezes stages, and trains only the rest', async () => {
