@@ -25,7 +25,8 @@
 #              their logits again in bf16 precision (within 2e-2 of the reference)
 #   kernels    our depthwise 7x7 conv and attention kernels at MetaFormer shapes, B = 1, 64, 256
 #   models     our caformer_s18 / convformer_s18 forward at 224, B = 1, 64, 256 (fp32 and bf16)
-#   nodetests  the library's GPU tests through Node (vitest): device handling, tensors to and from the
+#   nodetests  the library's GPU tests through Node (vitest), then predict() timings of { device: 'cuda' }
+#              models from Node (bench/gpu/node_models.ts): device handling, tensors to and from the
 #              GPU, the tiny model fixtures forward and backward on 'cuda' against the float64 reference,
 #              predict()/features() on the GPU in fp32 and bf16, an AdamW step and a Trainer run
 #              (mixup, EMA, checkpoint resume) on the GPU against the CPU
@@ -259,6 +260,10 @@ else
   grep -E '(✓|×|↓) |FAIL|Tests ' "$OUT/nodetests.log" | grep -v '^ *✓' | tail -40 | tee -a "$LOG"
   summary=$(grep -E '^ +Tests ' "$OUT/nodetests.log" | tail -1 | sed 's/^ *//')
   if grep -q 'on cuda' "$OUT/nodetests.log"; then gpu_cases=$(grep -c 'on cuda' "$OUT/nodetests.log"); else gpu_cases=0; fi
+  # the user's path: predict() of a { device: 'cuda' } model from Node (eager), fp32 and bf16
+  run_limited 70 "${PIN_LOWER[@]}" "$NODE" dist/bench/gpu/node_models.js "$OUT/node.part" --seconds 1.5 2>&1 \
+    | tee -a "$OUT/nodetests.log" | grep -E '^NODE' | tee -a "$LOG"
+  cat "$OUT/node.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/node.part"
   if [ "$rc" = 0 ] && [ "$gpu_cases" -gt 0 ]; then stage nodetests PASS "$summary; $gpu_cases cases on cuda"
   elif [ "$rc" = 0 ]; then stage nodetests FAIL "passed, but no case ran on cuda (is the GPU visible to the addon?)"
   elif [ "$rc" = 124 ]; then stage nodetests FAIL "timed out ($summary)"

@@ -53,6 +53,7 @@ def main():
     fixtures = [r for r in ours if "model" in r and "output" in r]
     kern = [r for r in ours if r.get("bench") in ("dwconv7x7", "attention")]
     mods = [r for r in ours if r.get("bench") == "model"]
+    node_mods = [r for r in ours if r.get("bench") == "node-model"]
 
     def peer(kind, d, shape, batch, dtype, variant=None):
         for r in torch_rows:
@@ -103,13 +104,14 @@ def main():
         lines += ["", "## Models at 224x224 (inference, images/s)", "",
                   "Ours: plan replay, fp32 (true fp32) and bf16 (matrix-product operands in bfloat16, fp32 accumulation "
                   "and activations). PyTorch: timm, channels_last, TF32 off; bf16 = weights and input in bfloat16. "
-                  "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster).", "",
+                  "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster). Last column: predict() of "
+                  "a { device: 'cuda' } model from Node (eager ops, input on the device, timed to completion).", "",
                   "| model | B | ours fp32 | PyTorch eager fp32 | ratio | ours bf16 | PyTorch eager bf16 | ratio | "
-                  "PyTorch compile bf16 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "PyTorch compile bf16 | ours from Node fp32 / bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
 
-        def ours_ips(name, b, prec):
-            o = next((r for r in mods if r["name"] == f"{name}_b{b}" and r.get("precision", "fp32") == prec), None)
+        def ours_ips(name, b, prec, rows=mods):
+            o = next((r for r in rows if r["name"] == f"{name}_b{b}" and r.get("precision", "fp32") == prec), None)
             return o["img_per_s"] if o else None
 
         for name in model_names:
@@ -120,9 +122,10 @@ def main():
                 c16 = peer_model(name, b, "bfloat16", "compile")
                 p32 = e32 and e32["img_per_s"]
                 p16 = e16 and e16["img_per_s"]
+                n32, n16 = ours_ips(name, b, "fp32", node_mods), ours_ips(name, b, "bf16", node_mods)
                 lines.append(f"| {name} | {b} | {fmt(o32, 1)} | {fmt(p32, 1)} | {fmt(ratio(o32, p32), 2)} | "
                              f"{fmt(o16, 1)} | {fmt(p16, 1)} | {fmt(ratio(o16, p16), 2)} | "
-                             f"{fmt(c16 and c16['img_per_s'], 1)} |")
+                             f"{fmt(c16 and c16['img_per_s'], 1)} | {fmt(n32, 1)} / {fmt(n16, 1)} |")
     hostcpu = os.path.join(out, "hostcpu.txt")
     if os.path.exists(hostcpu):
         lines += ["", "## This machine's CPU: bf16 mode (issue 5), caformer_s18 at 224", "",
