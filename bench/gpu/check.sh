@@ -253,7 +253,7 @@ fi
 if [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
-  run_limited 150 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/device.test.ts test/models/fixtures.test.ts test/cli/device.test.ts \
+  run_limited 110 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/device.test.ts test/models/fixtures.test.ts test/cli/device.test.ts \
     test/train/trainer.test.ts \
     --reporter=verbose > "$OUT/nodetests.log" 2>&1
   rc=$?
@@ -261,7 +261,8 @@ else
   summary=$(grep -E '^ +Tests ' "$OUT/nodetests.log" | tail -1 | sed 's/^ *//')
   if grep -q 'on cuda' "$OUT/nodetests.log"; then gpu_cases=$(grep -c 'on cuda' "$OUT/nodetests.log"); else gpu_cases=0; fi
   # the user's path: predict() of a { device: 'cuda' } model from Node (eager), fp32 and bf16
-  run_limited 70 "${PIN_LOWER[@]}" "$NODE" dist/bench/gpu/node_models.js "$OUT/node.part" --seconds 1.5 2>&1 \
+  run_limited 45 "${PIN_LOWER[@]}" "$NODE" dist/bench/gpu/node_models.js "$OUT/node.part" --models caformer_s18 \
+    --batches 1,256 --seconds 1.5 2>&1 \
     | tee -a "$OUT/nodetests.log" | grep -E '^NODE' | tee -a "$LOG"
   cat "$OUT/node.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/node.part"
   if [ "$rc" = 0 ] && [ "$gpu_cases" -gt 0 ]; then stage nodetests PASS "$summary; $gpu_cases cases on cuda"

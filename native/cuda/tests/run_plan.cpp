@@ -380,7 +380,7 @@ Tally run_plans(const std::string& dir, const std::string& filter, const Backend
           r.mem.sync();
           auto t1 = std::chrono::steady_clock::now();
           ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-          if (ms.size() >= 5 && std::chrono::duration<double>(t1 - start).count() > 4.0) break;
+          if (ms.size() >= 5 && std::chrono::duration<double>(t1 - start).count() > 1.5) break;
         }
         std::sort(ms.begin(), ms.end());
         double med = ms[ms.size() / 2];
