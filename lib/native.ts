@@ -82,8 +82,6 @@ export interface Addon {
   resetPeak(): void;
   trimCache(): void;
   buildInfo(): { cuda: boolean; openmp: number; procs: number; bf16Native: boolean };
-  /** The GEMM precision (0 float32, 1 bf16) of ops this thread runs outside plans; returns the previous one. */
-  setThreadPrecision(p: 0 | 1): 0 | 1;
   cudaInfo(): CudaInfo;
   /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
   cudaSynchronize(): void;

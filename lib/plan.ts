@@ -7,7 +7,7 @@
 import { DTYPE_CODE } from './dtype.js';
 import { addon, BACKEND_ID, type BackendName, type NativePlan, OP, type OpName, type PlanSpec } from './native.js';
 import { noGrad } from './autograd/node.js';
-import { expectation, expectationText, Tensor } from './tensor.js';
+import { type Device, expectation, expectationText, Tensor } from './tensor.js';
 import { type Trace, traced, type TracedStep } from './trace.js';
 
 /** Outputs an op may leave absent (statistics that only backward needs). */
@@ -72,13 +72,14 @@ export interface StepTime {
 export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: readonly number[],
   backend: BackendName = 'cpu', opts: { fuse?: boolean; precision?: Precision } = {}): CompiledPlan {
   const precision = checkPrecision(opts.precision ?? 'float32', 'compilePlan precision');
-  if (precision === 'bf16' && backend !== 'cpu') {
-    throw new TypeError(expectation("the 'cpu' backend for precision 'bf16'", 'compilePlan backend', backend));
+  if (precision === 'bf16' && backend === 'ref') {
+    throw new TypeError(expectation("the 'cpu' or 'cuda' backend for precision 'bf16'", 'compilePlan backend', backend));
   }
+  const device: Device = backend === 'cuda' ? 'cuda' : 'cpu';  // where the plan's arena, input and outputs live
   const { trace, result, input } = noGrad(() => {
     let inp: Tensor | null = null;
     const r = traced(() => {
-      inp = Tensor.empty(inputShape, 'float32');
+      inp = Tensor.empty(inputShape, 'float32', device);
       return fn(inp);
     });
     return { ...r, input: inp! };
@@ -86,7 +87,7 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
   const outputs = Array.isArray(result) ? result : [result];
   try {
     if (opts.fuse ?? true) fuse(trace, outputs);
-    return build(trace, input, outputs, backend, precision);
+    return build(trace, input, outputs, backend, precision, device);
   } finally {
     for (const t of trace.created) t.dispose();
   }
@@ -188,7 +189,7 @@ export function stepMacs(s: TracedStep): number {
   }
 }
 
-function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendName, precision: Precision): CompiledPlan {
+function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendName, precision: Precision, device: Device): CompiledPlan {
   const slotOf = new Map<Tensor, number>();
   const slots: PlanSpec['slots'] = [];
   const consts: Tensor[] = [];
@@ -266,9 +267,10 @@ function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendN
     if (x.dtype !== 'float32' || x.shape.length !== inputShape.length || x.shape.some((d, i) => d !== inputShape[i])) {
       throw new RangeError(expectation(`a float32 tensor of shape [${inputShape.join(', ')}]`, 'input', x));
     }
+    if (x.device !== device) throw new TypeError(expectation(`a ${device} tensor (the plan runs there; move it with .to('${device}'))`, 'input', x));
     x._live('predict', 'input');
   };
-  const allocOutputs = (): Tensor[] => rootShapes.map((s) => Tensor.empty(s, 'float32'));
+  const allocOutputs = (): Tensor[] => rootShapes.map((s) => Tensor.empty(s, 'float32', device));
   const finish = (outs: Tensor[]): Tensor[] =>
     outs.map((o, i) => {
       const shape = finalShapes[i]!;

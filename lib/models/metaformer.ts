@@ -11,7 +11,6 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { checkPrecision, compilePlan, type CompiledPlan, noticeBf16Emulation, type Precision } from '../plan.js';
 import { type DeviceOption } from '../device.js';
-import { addon } from '../native.js';
 import { expectation, Tensor, tidy } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
@@ -270,7 +269,10 @@ export class MetaFormer extends Module {
     if (p === 'bf16' && this.device === 'cpu') noticeBf16Emulation();
   }
 
-  /** The compiled inference plan for this input shape, output kind and precision (cached). */
+  /**
+   * The compiled inference plan for this input shape, output kind and precision (cached), on the model's
+   * device: its arena lives there and it reads the weights in place.
+   */
   plan(shape: readonly number[], kind: 'logits' | 'features' = 'logits', precision: Precision = this.precision_): CompiledPlan {
     checkPrecision(precision);
     const key = `${kind}:${precision}:${shape.join('x')}`;
@@ -283,7 +285,7 @@ export class MetaFormer extends Module {
           const stages = this.runStages(x);
           const features = this.norm.forward(meanHW(stages[3]!));
           return kind === 'logits' ? this.head.forward(features) : [features, ...stages];
-        }, shape, 'cpu', { precision });
+        }, shape, this.device === 'cuda' ? 'cuda' : 'cpu', { precision });
       } finally {
         this.train(wasTraining);
       }
@@ -293,37 +295,33 @@ export class MetaFormer extends Module {
   }
 
   /**
-   * Logits [B, numClasses] (inference mode, no autograd). On the CPU a compiled plan runs off the main
-   * thread. On a GPU the ops are queued on the device in eval mode (the input is copied there if
-   * needed) and the logits stay on the device.
+   * Logits [B, numClasses] (inference mode, no autograd): a compiled plan runs off the main thread, on the
+   * model's device (the input is copied there when it lives elsewhere; the logits stay there).
    */
   async predict(x: Tensor): Promise<Tensor> {
     this.checkInference(x, 'predict');
-    if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
-    const [logits] = await this.plan(x.shape).run(x);
-    return logits!;
+    return this.withInputOnDevice(x, async (t) => (await this.plan(t.shape).run(t))[0]!);
   }
 
   predictSync(x: Tensor): Tensor {
     this.checkInference(x, 'predict');
-    if (this.device !== 'cpu') return this.eagerInference(x, (t) => [this.forward(t)])[0]!;
-    return noGrad(() => this.plan(x.shape).runSync(x)[0]!);
+    return this.withInputOnDevice(x, (t) => noGrad(() => this.plan(t.shape).runSync(t)[0]!));
   }
 
-  /**
-   * Runs fn on x (moved to the model's device) in eval mode without autograd and in the model's precision
-   * (the ops run synchronously on this thread, which carries the precision meanwhile); plans are host-only.
-   */
-  private eagerInference(x: Tensor, fn: (x: Tensor) => Tensor[]): Tensor[] {
-    const wasTraining = this.training;
-    this.eval();
-    const prev = addon.setThreadPrecision(this.precision_ === 'bf16' ? 1 : 0);
+  /** fn(x), or fn of a copy of x on the model's device, freed when fn (or the promise it returns) is done. */
+  private withInputOnDevice<T>(x: Tensor, fn: (x: Tensor) => T): T {
+    if (x.device === this.device) return fn(x);
+    const moved = x.to(this.device);
+    let r: T;
     try {
-      return noGrad(() => tidy(() => fn(x.device === this.device ? x : x.to(this.device))));
-    } finally {
-      addon.setThreadPrecision(prev);
-      this.train(wasTraining);
+      r = fn(moved);
+    } catch (e) {
+      moved.dispose();
+      throw e;
     }
+    if (r instanceof Promise) return r.finally(() => moved.dispose()) as T;
+    moved.dispose();
+    return r;
   }
 
   /**
@@ -332,12 +330,7 @@ export class MetaFormer extends Module {
    */
   async features(x: Tensor, opts: { stages?: boolean } = {}): Promise<FeatureOutput> {
     this.checkInference(x, 'features');
-    const [features, ...stages] = this.device !== 'cpu'
-      ? this.eagerInference(x, (t) => {
-        const maps = this.runStages(t);
-        return [this.norm.forward(meanHW(maps[3]!)), ...maps];
-      })
-      : await this.plan(x.shape, 'features').run(x);
+    const [features, ...stages] = await this.withInputOnDevice(x, (t) => this.plan(t.shape, 'features').run(t));
     if (opts.stages) return { features: features!, stages };
     for (const s of stages) s.dispose();
     return { features: features! };

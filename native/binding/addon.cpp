@@ -128,19 +128,6 @@ static Napi::Value TrimCache(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// setThreadPrecision(0 | 1): the GEMM precision of ops the main thread runs outside plans; returns the
-// previous one.
-static Napi::Value SetThreadPrecision(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() != 1 || !info[0].IsNumber() ||
-      (info[0].As<Napi::Number>().DoubleValue() != 0 && info[0].As<Napi::Number>().DoubleValue() != 1)) {
-    Napi::TypeError::New(env, "setThreadPrecision: expected 0 (float32) or 1 (bf16)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Precision prev = set_thread_precision(info[0].As<Napi::Number>().Int32Value() == 1 ? Precision::bf16 : Precision::f32);
-  return Napi::Number::New(env, static_cast<int32_t>(prev));
-}
-
 static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -181,7 +168,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resetPeak", Napi::Function::New(env, ResetPeak, "resetPeak"));
   exports.Set("trimCache", Napi::Function::New(env, TrimCache, "trimCache"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
-  exports.Set("setThreadPrecision", Napi::Function::New(env, SetThreadPrecision, "setThreadPrecision"));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo, "cudaInfo"));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize, "cudaSynchronize"));
   return exports;

@@ -30,6 +30,9 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
     return v;
   };
   PlanContextScope context(PlanContext{precision, &weights});
+  // A device backend queues its kernels: wait for them (per step when timing), so a run ends when its
+  // outputs are ready and an asynchronous kernel failure rejects this run.
+  const DeviceHooks* dev = be->device != kHostDevice ? device_hooks(be->device) : nullptr;
   for (const PlanStep& s : steps) {
     args.n_in = static_cast<int>(s.ins.size());
     args.n_out = static_cast<int>(s.outs.size());
@@ -41,11 +44,13 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
     if (step_seconds) {
       auto t0 = std::chrono::steady_clock::now();
       k(args);
+      if (dev) dev->synchronize();
       *step_seconds++ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     } else {
       k(args);
     }
   }
+  if (dev) dev->synchronize();
 }
 
 Napi::Function Plan::Define(Napi::Env env) {
@@ -94,15 +99,21 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
     if (p != static_cast<int64_t>(Precision::f32) && p != static_cast<int64_t>(Precision::bf16))
       throw Napi::RangeError::New(env, "Plan: expected a precision code (0: float32, 1: bf16) but received " + std::to_string(p));
     d->precision = static_cast<Precision>(p);
-    if (d->precision == Precision::bf16 && d->be != &cpu_backend())
-      throw Napi::TypeError::New(env, std::string("Plan: bf16 precision needs the cpu backend, not ") + d->be->name);
+    if (d->precision == Precision::bf16 && d->be == &ref_backend())
+      throw Napi::TypeError::New(env, "Plan: bf16 precision needs the cpu or cuda backend, not ref");
   }
+  // Every tensor of the plan lives where its backend runs: the arena there, weights and bound tensors checked.
+  const int32_t device = d->be->device;
+  const char* const device_name = device == kHostDevice ? "cpu" : "cuda";
 
   Napi::Array consts = get_array(env, spec, "consts");
   std::vector<TensorView> const_meta;
   for (uint32_t i = 0; i < consts.Length(); ++i) {
     NativeTensor* t = NativeTensor::from(env, consts.Get(i), "Plan", "const " + std::to_string(i), false);
     const_meta.push_back(t->view_of(env, "Plan", "const " + std::to_string(i)));
+    if (t->storage()->device != device)
+      throw Napi::TypeError::New(env, std::string("Plan: expected the weights on ") + device_name + " (the " + d->be->name +
+                                          " backend runs there) but const " + std::to_string(i) + " is not; move the model first");
     storage_retain(t->storage());
     d->consts.push_back(t->storage());
     d->weights.emplace(t->storage()->ptr, t->storage());
@@ -116,6 +127,7 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
   for (size_t i = 0; i < n_slots; ++i) {
     Napi::Object so = slots.Get(static_cast<uint32_t>(i)).As<Napi::Object>();
     slot_meta[i] = meta_of(env, so);
+    slot_meta[i].device = device;
     root[i] = i;
     Napi::Value alias = so.Get("alias");
     if (!alias.IsUndefined() && !alias.IsNull()) {
@@ -253,7 +265,7 @@ Plan::Plan(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Plan>(info) {
       std::memcpy(a.attr, st.attr, sizeof(double) * static_cast<size_t>(st.n_attr));
       check_op(st.op, st.dir, a);
     }
-    d->arena = storage_new(d->arena_bytes);
+    d->arena = storage_new(d->arena_bytes, device);
     return 0;
   });
   data_ = std::move(d);
@@ -276,6 +288,10 @@ std::vector<void*> Plan::bind(const Napi::CallbackInfo& info, std::vector<Storag
     NativeTensor* t = NativeTensor::from(env, v, "predict", role, false);
     TensorView tv = t->view_of(env, "predict", role);
     const TensorView& want = data_->bound_meta[i];
+    if (tv.device != want.device)
+      throw Napi::TypeError::New(env, std::string("predict: expected a ") + (want.device == kHostDevice ? "cpu" : "cuda") +
+                                          " tensor for " + role + " (the plan runs there) but received a " +
+                                          (tv.device == kHostDevice ? "cpu" : "cuda") + " tensor; move it with .to()");
     bool ok = tv.dtype == want.dtype && tv.ndim == want.ndim;
     for (int k = 0; ok && k < tv.ndim; ++k) ok = tv.shape[k] == want.shape[k];
     if (!ok)

@@ -101,9 +101,6 @@ void enable_emulated_cuda();    // installs it (call once, before any device ten
 bool emulated_cuda();           // installed
 void use_cpu_kernels_for_cuda_backend();  // (ops.cpp) the cuda backend's table := the cpu backend's
 
-// Sets the calling thread's GEMM precision outside plans and returns the previous one (eager inference on
-// a GPU in bf16 runs its ops between two calls). Plans set their own context and restore this one.
-Precision set_thread_precision(Precision p);
 
 }  // namespace mf
 

@@ -33,6 +33,8 @@ struct DeviceHooks {
   void (*release)(void* p, size_t bytes);    // never throws
   // Synchronous copy between host memory (device 0) and this device, or within this device.
   void (*copy)(void* dst, int32_t dst_device, const void* src, int32_t src_device, size_t bytes);
+  // Waits for the work queued on this device; throws mf::Error for an asynchronous failure.
+  void (*synchronize)();
 };
 void set_device_hooks(int32_t device, const DeviceHooks* hooks);
 const DeviceHooks* device_hooks(int32_t device);  // null when this build has no such device

@@ -598,11 +598,6 @@ thread_local PlanContext t_plan_context;
 const PlanContext& plan_context() { return t_plan_context; }
 PlanContextScope::PlanContextScope(const PlanContext& c) : prev_(t_plan_context) { t_plan_context = c; }
 PlanContextScope::~PlanContextScope() { t_plan_context = prev_; }
-Precision set_thread_precision(Precision p) {
-  Precision prev = t_plan_context.precision;
-  t_plan_context.precision = p;
-  return prev;
-}
 
 void run_op(const Backend& be, OpId op, Dir dir, const OpArgs& args) {
   check_devices(be, op, args);

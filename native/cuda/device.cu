@@ -286,7 +286,7 @@ void hook_copy(void* dst, int32_t dst_device, const void* src, int32_t src_devic
   copy(dst, dst_device, src, src_device, bytes);
 }
 
-const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy};
+const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy, &synchronize};
 [[maybe_unused]] const bool kInstalled = (set_device_hooks(kCudaDevice, &kHooks), true);
 
 }  // namespace

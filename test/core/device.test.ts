@@ -10,7 +10,8 @@ import { cudaAvailable, cudaInfo, resolveDevice } from '../../lib/device.js';
 import { Tensor } from '../../lib/tensor.js';
 import { runOp } from '../../lib/backend.js';
 import { createModel } from '../../lib/models/index.js';
-import { crossEntropy } from '../../lib/ops.js';
+import { crossEntropy, linear } from '../../lib/ops.js';
+import { compilePlan } from '../../lib/plan.js';
 import { manualSeed } from '../../lib/random.js';
 import { tidy } from '../../lib/tensor.js';
 import { createOptimizer } from '../../lib/train/optim.js';
@@ -111,6 +112,32 @@ describe('tensors on devices', () => {
     const o = Tensor.ones([4], 'int32', 'cuda');
     expect(Array.from(o.to('cpu').view())).toEqual([1, 1, 1, 1]);
     for (const t of [x, d, h, ref, yc, yd, z, o]) t.dispose();
+  });
+});
+
+describe('plans on devices', () => {
+  it.runIf(gpu)("compiles plans for 'cuda': arena, input and outputs there; refuses tensors elsewhere", async () => {
+    const w = Tensor.from(Float32Array.from({ length: 12 }, (_, i) => i / 7 - 0.8), [4, 3]);
+    const wd = w.to('cuda');
+    const xh = Tensor.from([0.5, -1, 2, 1.5, 0.25, -0.75], [2, 3]);
+    const xd = xh.to('cuda');
+    const onGpu = compilePlan((x) => linear(x, wd), [2, 3], 'cuda');
+    const onCpu = compilePlan((x) => linear(x, w), [2, 3], 'cpu');
+    try {
+      const [yd] = await onGpu.run(xd);
+      const [yh] = onCpu.runSync(xh);
+      expect(yd!.device).toBe('cuda');
+      const [a, b] = [yd!.toFloat32Array(), yh!.toFloat32Array()];
+      for (let i = 0; i < a.length; ++i) expect(Math.abs(a[i]! - b[i]!)).toBeLessThanOrEqual(1e-6);
+      expect(() => onGpu.runSync(xh)).toThrow(/Expected a cuda tensor \(the plan runs there; move it with .to\('cuda'\)\) for input/);
+      expect(() => onCpu.runSync(xd)).toThrow(/Expected a cpu tensor/);
+      expect(() => compilePlan((x) => linear(x, w), [2, 3], 'cuda')).toThrow(/Plan: expected the weights on cuda \(the cuda backend runs there\)/);
+      for (const t of [yd!, yh!]) t.dispose();
+    } finally {
+      onGpu.dispose();
+      onCpu.dispose();
+      for (const t of [w, wd, xh, xd]) t.dispose();
+    }
   });
 });
 
