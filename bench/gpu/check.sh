@@ -260,7 +260,7 @@ else
   grep -E '(✓|×|↓) |FAIL|Tests ' "$OUT/nodetests.log" | grep -v '^ *✓' | tail -40 | tee -a "$LOG"
   summary=$(grep -E '^ +Tests ' "$OUT/nodetests.log" | tail -1 | sed 's/^ *//')
   if grep -q 'on cuda' "$OUT/nodetests.log"; then gpu_cases=$(grep -c 'on cuda' "$OUT/nodetests.log"); else gpu_cases=0; fi
-  # the user's path: predict() of a { device: 'cuda' } model from Node (eager), fp32 and bf16
+  # the user's path: predict() of a { device: 'cuda' } model from Node (a plan on the device), fp32 and bf16
   run_limited 45 "${PIN_LOWER[@]}" "$NODE" dist/bench/gpu/node_models.js "$OUT/node.part" --models caformer_s18 \
     --batches 1,256 --seconds 1.5 2>&1 \
     | tee -a "$OUT/nodetests.log" | grep -E '^NODE' | tee -a "$LOG"

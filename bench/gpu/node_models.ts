@@ -1,7 +1,7 @@
 /**
- * The user's path on a GPU: `model.predict()` of a model created with { device: 'cuda' } (eager ops from
- * Node, one launch per op), timed to completion (cudaSynchronize) after warm-up, input already on the
- * device. Run by bench/gpu/check.sh beside the checker's plan replays.
+ * The user's path on a GPU: `model.predict()` of a model created with { device: 'cuda' } (a compiled plan
+ * on the device, run from a worker thread, one launch per step), timed to completion after warm-up, input
+ * already on the device. Run by bench/gpu/check.sh beside the checker's plan replays.
  *
  *   node dist/bench/gpu/node_models.js OUT.jsonl [--models caformer_s18,convformer_s18] [--batches 1,64,256]
  *        [--precisions float32,bf16] [--seconds 2]

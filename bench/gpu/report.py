@@ -105,7 +105,7 @@ def main():
                   "Ours: plan replay, fp32 (true fp32) and bf16 (matrix-product operands in bfloat16, fp32 accumulation "
                   "and activations). PyTorch: timm, channels_last, TF32 off; bf16 = weights and input in bfloat16. "
                   "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster). Last column: predict() of "
-                  "a { device: 'cuda' } model from Node (eager ops, input on the device, timed to completion).", "",
+                  "a { device: 'cuda' } model from Node (its plan on the device, input there, timed to completion).", "",
                   "| model | B | ours fp32 | PyTorch eager fp32 | ratio | ours bf16 | PyTorch eager bf16 | ratio | "
                   "PyTorch compile bf16 | ours from Node fp32 / bf16 |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
