@@ -18,8 +18,12 @@
 namespace mf {
 namespace {
 
+// A card's worth of memory: larger requests fail as they would on a GPU (and never reach the host's
+// overcommitting allocator).
+constexpr size_t kCapacity = size_t(64) << 30;
+
 void* emu_alloc(size_t bytes) {
-  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+  void* p = bytes <= kCapacity ? std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256) : nullptr;
   if (!p) throw Error(ErrorKind::range, "emulated CUDA device: out of memory (" + std::to_string(bytes) + " bytes)");
   return p;
 }

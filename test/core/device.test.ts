@@ -88,6 +88,14 @@ describe('tensors on devices', () => {
     }
   });
 
+  it.runIf(gpu)('an allocation beyond the device memory is a RangeError, and the device still works', () => {
+    expect(() => Tensor.empty([2 ** 38], 'float32', 'cuda')).toThrow(RangeError);  // 1 TiB
+    expect(() => Tensor.zeros([2 ** 38], 'float32', 'cuda')).toThrow(/out of memory/i);
+    const t = Tensor.ones([1000], 'float32', 'cuda');
+    expect(t.toFloat32Array().reduce((a, b) => a + b, 0)).toBe(1000);
+    t.dispose();
+  });
+
   it.runIf(gpu)('copies to the GPU and back, converts dtypes there, and runs ops there', () => {
     const data = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 3);
     const x = Tensor.from(data, [10, 100]);
