@@ -11,7 +11,7 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { checkPrecision, compilePlan, type CompiledPlan, noticeBf16Emulation, type Precision } from '../plan.js';
 import { type DeviceOption } from '../device.js';
-import { expectation, Tensor, tidy } from '../tensor.js';
+import { expectation, Tensor } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
 /** A custom configuration: the family supplies mixers, norms and head. */
@@ -211,11 +211,6 @@ export class MetaFormer extends Module {
     return this.config.numClasses;
   }
 
-  /** predict()/features(): the input. */
-  private checkInference(x: Tensor, where: string): void {
-    this.checkInput(x, where);
-  }
-
   private checkInput(x: Tensor, where: string): void {
     if (!(x instanceof Tensor)) throw new TypeError(`${where}: ${expectation('a Tensor', 'input', x)}`);
     if (x.ndim !== 4 || x.shape[1] !== 3) {
@@ -299,12 +294,12 @@ export class MetaFormer extends Module {
    * model's device (the input is copied there when it lives elsewhere; the logits stay there).
    */
   async predict(x: Tensor): Promise<Tensor> {
-    this.checkInference(x, 'predict');
+    this.checkInput(x, 'predict');
     return this.withInputOnDevice(x, async (t) => (await this.plan(t.shape).run(t))[0]!);
   }
 
   predictSync(x: Tensor): Tensor {
-    this.checkInference(x, 'predict');
+    this.checkInput(x, 'predict');
     return this.withInputOnDevice(x, (t) => noGrad(() => this.plan(t.shape).runSync(t)[0]!));
   }
 
@@ -329,7 +324,7 @@ export class MetaFormer extends Module {
    * [B, H/8, W/8, C1], [B, H/16, W/16, C2], [B, H/32, W/32, C3] (channels-last), off the main thread.
    */
   async features(x: Tensor, opts: { stages?: boolean } = {}): Promise<FeatureOutput> {
-    this.checkInference(x, 'features');
+    this.checkInput(x, 'features');
     const [features, ...stages] = await this.withInputOnDevice(x, (t) => this.plan(t.shape, 'features').run(t));
     if (opts.stages) return { features: features!, stages };
     for (const s of stages) s.dispose();
