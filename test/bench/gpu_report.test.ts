@@ -1,0 +1,63 @@
+/**
+ * The GPU check's scripts cannot run here (no GPU), so they are kept from rotting: the shell scripts
+ * parse, and bench/gpu/report.py turns a synthetic run (every kind of record check.sh collects) into the
+ * RESULTS-gpu.md tables with the right ratios and verdicts.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const tmp = mkdtempSync(path.join(tmpdir(), 'mf-gpu-report-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+const jsonl = (rows: object[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
+
+describe('the GPU check scripts', () => {
+  it('parse (bash -n)', () => {
+    for (const f of ['check.sh', 'prepare.sh', 'host_cpu.sh']) {
+      const r = spawnSync('bash', ['-n', path.join(root, 'bench', 'gpu', f)], { encoding: 'utf8' });
+      expect(r.status, `${f}: ${r.stderr}`).toBe(0);
+    }
+  });
+
+  it('report.py builds RESULTS-gpu.md from a run', () => {
+    writeFileSync(path.join(tmp, 'env.txt'), 'gpu: NVIDIA H200, 580.159.04\n');
+    writeFileSync(path.join(tmp, 'stages.tsv'), 'build\tPASS\t36 objects\nops\tFAIL\t169 passed, 1 failed\n');
+    writeFileSync(path.join(tmp, 'ours.jsonl'), jsonl([
+      { check: 'linear fwd x[3,5,37] N=19 bias', output: 0, rel_l2: 1e-7, tol: 1e-5, ok: true },
+      { check: 'attention bwd B2 N35', output: 0, rel_l2: 3e-4, tol: 1e-5, ok: false },
+      { model: 'caformer_tiny_logits', output: 'logits', precision: 'fp32', rel_l2: 2e-7, tol: 6e-6, judged: true, ok: true },
+      { model: 'caformer_tiny_features', output: 'stage0', precision: 'bf16', rel_l2: 3e-2, tol: 2e-2, judged: false, ok: false },
+      { bench: 'dwconv7x7', dir: 'fwd', shape: '[B,56,56,128]', batch: 256, ms: 0.5, gbps: 1644 },
+      { bench: 'model', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 100, img_per_s: 2560 },
+      { bench: 'model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 50, img_per_s: 5120 },
+      { bench: 'node-model', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 104, img_per_s: 2461.5 },
+      { bench: 'node-model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 52, img_per_s: 4923.1 },
+    ]));
+    writeFileSync(path.join(tmp, 'torch.jsonl'), jsonl([
+      { kind: 'dwconv7x7', dir: 'fwd', shape: '[B,56,56,128]', batch: 256, dtype: 'float32', variant: 'cudnn', ms: 1.0 },
+      { kind: 'model', model: 'caformer_s18', batch: 256, dtype: 'float32', variant: 'eager', ms: 128, img_per_s: 2000 },
+      { kind: 'model', model: 'caformer_s18', batch: 256, dtype: 'bfloat16', variant: 'eager', ms: 40, img_per_s: 6400 },
+    ]));
+    writeFileSync(path.join(tmp, 'hostcpu.txt'), 'flags: amx_bf16 avx512_bf16\nbf16Native: true\n');
+    const r = spawnSync('python3', [path.join(root, 'bench', 'gpu', 'report.py'), '--out', tmp], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const md = readFileSync(path.join(tmp, 'RESULTS-gpu.md'), 'utf8');
+    expect(md).toContain('| ops | FAIL | 169 passed, 1 failed |');
+    expect(md).toContain('1 checks passed, 1 failed');
+    expect(md).toContain('- FAILED: attention bwd B2 N35');
+    expect(md).toContain('| caformer_tiny_logits | fp32 | logits | 2.00e-07 | 6.0e-06 | yes |');
+    expect(md).toContain('| caformer_tiny_features | bf16 | stage0 | 3.00e-02 | 2.0e-02 | — |');  // shown, not judged
+    expect(md).toContain('| dwconv7x7 | fwd | [B,56,56,128] | 256 | 0.5000 | 1644 | 1.0000 | 2.00 | — |');
+    // ours / PyTorch eager in the same precision, and the Node column
+    expect(md).toContain('| caformer_s18 | 256 | 2560.0 | 2000.0 | 1.28 | 5120.0 | 6400.0 | 0.80 | — | 2461.5 / 4923.1 |');
+    expect(md).toMatch(/## This machine's CPU: bf16 mode[\s\S]*amx_bf16 avx512_bf16/);
+    const json = JSON.parse(readFileSync(path.join(tmp, 'results.json'), 'utf8')) as { failed_checks: string[]; models: unknown[] };
+    expect(json.failed_checks).toEqual(['attention bwd B2 N35']);
+    expect(json.models.length).toBe(2);
+  });
+});
