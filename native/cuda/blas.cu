@@ -12,6 +12,9 @@
 // mode, the same rounding.
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include <mutex>
 #include <string>
 
@@ -58,14 +61,30 @@ __global__ void scale_rows_kernel(float* __restrict__ C,  // [M, ldc] rows, N us
   }
 }
 
-// dst[b, r, c] = bf16(src[b * sb + r * ld + c]): a strided [nb, rows, cols] operand, densely.
-__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t rows, int64_t cols, int64_t ld, int64_t sb,
-                               int64_t total, uint16_t* __restrict__ dst) {  // total = nb * rows * cols
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+// dst[i] = bf16(src[i]) over a contiguous operand, four at a time (src 16-byte aligned, n4 = n / 4).
+__global__ void to_bf16_vec4_kernel(const float4* __restrict__ src, int64_t n4, ushort4* __restrict__ dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t c = i % cols, t = i / cols;
-    int64_t r = t % rows, b = t / rows;
-    dst[i] = f32_to_bf16(src[b * sb + r * ld + c]);
+    const float4 v = src[i];
+    dst[i] = make_ushort4(f32_to_bf16(v.x), f32_to_bf16(v.y), f32_to_bf16(v.z), f32_to_bf16(v.w));
+  }
+}
+
+// dst[i] = bf16(src[i]) for i in [from, n).
+__global__ void to_bf16_flat_kernel(const float* __restrict__ src, int64_t from, int64_t n, uint16_t* __restrict__ dst) {
+  for (int64_t i = from + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = f32_to_bf16(src[i]);
+}
+
+// dst[b, r, c] = bf16(src[b * sb + r * ld + c]) for a strided [nb, rows, cols] operand: one row per block
+// iteration (its batch and row index computed once), the threads along the row.
+__global__ void to_bf16_rows_kernel(const float* __restrict__ src, int64_t rows, int64_t cols, int64_t ld, int64_t sb,
+                                    int64_t total_rows, uint16_t* __restrict__ dst) {  // total_rows = nb * rows
+  for (int64_t row = blockIdx.x; row < total_rows; row += gridDim.x) {
+    const float* s = src + (row / rows) * sb + (row % rows) * ld;
+    uint16_t* d = dst + row * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) d[c] = f32_to_bf16(s[c]);
   }
 }
 
@@ -80,7 +99,19 @@ struct Operand {
 Operand to_bf16(const float* X, int64_t rows, int64_t cols, int64_t ld, int64_t s, int64_t batch, Scratch& buf,
                 const char* op) {
   const int64_t nb = s == 0 ? 1 : batch, total = nb * rows * cols;
-  to_bf16_kernel<<<grid_for(total, 256), 256, 0, stream()>>>(X, rows, cols, ld, s, total, buf.as<uint16_t>());
+  uint16_t* dst = buf.as<uint16_t>();
+  if (ld == cols && (nb == 1 || s == rows * cols)) {  // contiguous (the usual case): no index arithmetic
+    const bool vec = reinterpret_cast<uintptr_t>(X) % 16 == 0;  // the scratch copy is 256-byte aligned
+    const int64_t n4 = vec ? total / 4 : 0;
+    if (n4 > 0)
+      to_bf16_vec4_kernel<<<grid_for(n4, 256), 256, 0, stream()>>>(reinterpret_cast<const float4*>(X), n4,
+                                                                   reinterpret_cast<ushort4*>(dst));
+    if (4 * n4 < total) to_bf16_flat_kernel<<<grid_for(total - 4 * n4, 256), 256, 0, stream()>>>(X, 4 * n4, total, dst);
+  } else {
+    const int64_t total_rows = nb * rows;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(total_rows, int64_t(sm_count()) * 32));
+    to_bf16_rows_kernel<<<blocks, 128, 0, stream()>>>(X, rows, cols, ld, s, total_rows, dst);
+  }
   after_launch(op);
   return Operand{buf.as<uint16_t>(), CUDA_R_16BF, cols, s == 0 ? 0 : rows * cols};
 }

@@ -75,10 +75,10 @@ __global__ void col2im_kernel(const float* __restrict__ dcol,  // [nb * Ho * Wo,
 __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
                                       int64_t M, int64_t N,
                                       float* __restrict__ y) {  // [M, N]
-  int64_t total = M * N;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = b[i % N];
+  const int64_t total = M * N, i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, N);
+  for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] = b[col.c];
 }
 
 int64_t images_per_chunk(const ConvGeom& g) {

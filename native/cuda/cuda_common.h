@@ -72,6 +72,19 @@ int to_int32(int64_t v, const char* op, const char* what);
 #if defined(__CUDACC__)
 namespace mf::cuda {
 
+// The column i % n of a grid-stride loop's index i, kept by additions as i advances by `stride`: one
+// 64-bit modulo per thread instead of one per element (a 64-bit modulo costs tens of instructions,
+// more than a memory-bound element loop can hide).
+struct ColumnOf {
+  int64_t c, step, n;
+  __device__ ColumnOf(int64_t i0, int64_t stride, int64_t n_)
+      : c(n_ > 0 ? i0 % n_ : 0), step(n_ > 0 ? stride % n_ : 0), n(n_) {}
+  __device__ __forceinline__ void advance() {
+    c += step;
+    if (c >= n) c -= n;
+  }
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

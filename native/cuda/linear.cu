@@ -14,10 +14,10 @@ namespace {
 __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
                                       int64_t M, int64_t N,
                                       float* __restrict__ y) {  // [M, N]
-  int64_t total = M * N;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = b[i % N];
+  const int64_t total = M * N, i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, N);
+  for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] = b[col.c];
 }
 
 // y = act(t) or y += act(t); t may be y itself (in place, accumulate 0).
@@ -42,10 +42,10 @@ __global__ void act_epilogue_kernel(const float* t,                 // [n]
 __global__ void add_rows_kernel(const float* __restrict__ b,  // [N]
                                 int64_t M, int64_t N,
                                 float* __restrict__ y) {  // [M, N]
-  int64_t total = M * N;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] += b[i % N];
+  const int64_t total = M * N, i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, N);
+  for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] += b[col.c];
 }
 
 void fused_linear_fwd(const OpArgs& a) {

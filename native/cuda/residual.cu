@@ -12,10 +12,12 @@ __global__ void scale_add_kernel(const float* __restrict__ x,  // [n] = [rows, C
                                  const float* __restrict__ r,  // [n] or null
                                  float* __restrict__ y,        // [n]
                                  int64_t n, int64_t C) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, C);
+  for (int64_t i = i0; i < n; i += stride, col.advance()) {
     float v = x[i];
-    if (s) v *= s[i % C];
+    if (s) v *= s[col.c];
     if (r) v += r[i];
     y[i] = v;
   }
@@ -27,10 +29,12 @@ __global__ void scale_add_bwd_kernel(const float* __restrict__ dy,  // [n]
                                      float* __restrict__ dx,        // [n] or null
                                      float* __restrict__ dr,        // [n] or null
                                      int64_t n, int64_t C) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, C);
+  for (int64_t i = i0; i < n; i += stride, col.advance()) {
     float d = dy[i];
-    if (dx) dx[i] = s ? d * s[i % C] : d;
+    if (dx) dx[i] = s ? d * s[col.c] : d;
     if (dr) dr[i] = d;
   }
 }
