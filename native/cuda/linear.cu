@@ -3,8 +3,9 @@
 //   forward:  y[M, N] = x[M, K] w[N, K]^T (+ b broadcast: written first, then the GEMM adds with beta 1)
 //   backward: dx[M, K] = dy[M, N] w[N, K];  dw[N, K] += dy^T x;  db[N] += sum_m dy[m, :]
 // fused_linear (the plan compiler's fusion, forward only): y (+)= act(x w^T + b), act 0 none, 1 StarReLU
-//   s * relu(.)^2 + sb (device scalars), 2 SquaredReLU; the GEMM writes into y (or a scratch when an
-//   activation must be applied before adding into y), then one elementwise epilogue.
+//   s * relu(.)^2 + sb (device scalars), 2 SquaredReLU; the GEMM writes x w^T into y (or a scratch when
+//   an activation must be applied before adding into y), then one elementwise epilogue adds the bias and
+//   applies the activation (no epilogue without an activation or accumulation: the bias goes in first).
 #include "blas.h"
 #include "cuda_common.h"
 
@@ -20,16 +21,20 @@ __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
   for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] = b[col.c];
 }
 
-// y = act(t) or y += act(t); t may be y itself (in place, accumulate 0).
+// y = act(t + b) or y += act(t + b) over [n / N, N]; t may be y itself (in place, accumulate 0).
 __global__ void act_epilogue_kernel(const float* t,                 // [n]
                                     float* y,                       // [n]
+                                    const float* __restrict__ b,    // [N] or null
                                     const float* __restrict__ s,    // [1] or null (act 1)
                                     const float* __restrict__ sb,   // [1] or null (act 1)
-                                    int64_t n, int act, int accumulate) {
+                                    int64_t n, int64_t N, int act, int accumulate) {
   const float sv = s ? *s : 1.0f, bv = sb ? *sb : 0.0f;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  ColumnOf col(i0, stride, N);
+  for (int64_t i = i0; i < n; i += stride, col.advance()) {
     float v = t[i];
+    if (b) v += b[col.c];
     if (act != 0) {
       float r = fmaxf(v, 0.0f);
       v = fmaf(sv * r, r, bv);
@@ -67,17 +72,22 @@ void fused_linear_fwd(const OpArgs& a) {
   }
   Scratch tmp(acc ? static_cast<size_t>(M * N) * sizeof(float) : 1);
   float* t = acc ? tmp.as<float>() : y.f();
-  float beta = 0.0f;
-  if (b.present()) {
-    broadcast_rows_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(b.f(), M, N, t);
-    after_launch("fused_linear (bias)");
-    beta = 1.0f;
+  if (act == 0 && !acc) {  // y = x w^T + b: bias into y, then the GEMM adds with beta 1 (no epilogue pass)
+    float beta = 0.0f;
+    if (b.present()) {
+      broadcast_rows_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(b.f(), M, N, t);
+      after_launch("fused_linear (bias)");
+      beta = 1.0f;
+    }
+    gemm("fused_linear", false, true, M, N, K, 1.0f, x.f(), K, w.f(), K, beta, t, N);
+    return;
   }
-  gemm("fused_linear", false, true, M, N, K, 1.0f, x.f(), K, w.f(), K, beta, t, N);
-  if (act != 0 || acc) {
-    act_epilogue_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(t, y.f(), S, SB, M * N, act, acc ? 1 : 0);
-    after_launch("fused_linear (activation)");
-  }
+  // An epilogue pass runs anyway (activation, or adding into y): the bias joins it, so the GEMM writes
+  // its product once (beta 0) instead of reading a broadcast bias back.
+  gemm("fused_linear", false, true, M, N, K, 1.0f, x.f(), K, w.f(), K, 0.0f, t, N);
+  act_epilogue_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(t, y.f(), b.present() ? b.f() : nullptr, S, SB,
+                                                                  M * N, N, act, acc ? 1 : 0);
+  after_launch("fused_linear (epilogue)");
 }
 
 void linear_fwd(const OpArgs& a) {
