@@ -222,6 +222,8 @@ export interface WriteSafetensorsOptions {
 
 type Entry = RawTensor | PendingTensor;
 
+const isPending = (t: Entry): t is PendingTensor => typeof (t as PendingTensor).bytes === 'function';
+
 /**
  * Checks the tensors and returns the padded header bytes plus the tensors in layout order (element size
  * descending, then name) with their byte sizes.
@@ -235,9 +237,7 @@ function layout(file: string, entries: Iterable<[string, Entry]>, metadata: Reco
       throw new Error(`${file}: expected unique tensor names other than __metadata__ but found ${preview(name)}`);
     }
     seen.add(name);
-    const bytes = 'bytes' in t && typeof t.bytes === 'function'
-      ? tensorBytes(file, name, t.dtype, t.shape)
-      : checkRawTensor(file, name, t as RawTensor);
+    const bytes = isPending(t) ? tensorBytes(file, name, t.dtype, t.shape) : checkRawTensor(file, name, t);
     list.push([name, t, bytes]);
   }
   for (const [k, v] of Object.entries(metadata ?? {})) {
@@ -275,7 +275,7 @@ export async function writeSafetensors(file: string, entries: Map<string, Entry>
     for (let i = 0; i < order.length; ++i) {
       const [name, t, bytes] = order[i]!;
       await opts.beforeChunk?.(i + 1, total);
-      const data = 'bytes' in t && typeof t.bytes === 'function' ? t.bytes() : (t as RawTensor).data;
+      const data = isPending(t) ? t.bytes() : t.data;
       checkTensorData(file, name, { dtype: t.dtype, shape: t.shape, data }, bytes);
       await writeAll(handle, data);
     }

@@ -11,7 +11,7 @@ import { Identity, Module, Sequential } from '../nn/module.js';
 import { meanHW } from '../ops.js';
 import { checkPrecision, compilePlan, type CompiledPlan, noticeBf16Emulation, type Precision } from '../plan.js';
 import { type DeviceOption } from '../device.js';
-import { expectation, Tensor } from '../tensor.js';
+import { expectation, onDevice, Tensor } from '../tensor.js';
 import { type Family, familyDefaults, getModelConfig, type MixerKind, type ModelConfig, IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_STEM, type StemConfig } from './zoo.js';
 
 /** A custom configuration: the family supplies mixers, norms and head. */
@@ -305,8 +305,8 @@ export class MetaFormer extends Module {
 
   /** fn(x), or fn of a copy of x on the model's device, freed when fn (or the promise it returns) is done. */
   private withInputOnDevice<T>(x: Tensor, fn: (x: Tensor) => T): T {
-    if (x.device === this.device) return fn(x);
-    const moved = x.to(this.device);
+    const moved = onDevice(x, this.device);
+    if (moved === x) return fn(x);
     let r: T;
     try {
       r = fn(moved);

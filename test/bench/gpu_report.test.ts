@@ -4,11 +4,12 @@
  * RESULTS-gpu.md tables with the right ratios and verdicts.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { cudaAvailable } from '../../lib/device.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mf-gpu-report-'));
@@ -21,6 +22,25 @@ describe('the GPU check scripts', () => {
     for (const f of ['check.sh', 'prepare.sh', 'host_cpu.sh']) {
       const r = spawnSync('bash', ['-n', path.join(root, 'bench', 'gpu', f)], { encoding: 'utf8' });
       expect(r.status, `${f}: ${r.stderr}`).toBe(0);
+    }
+  });
+
+  const dist = path.join(root, 'dist', 'bench', 'gpu', 'node_models.js');
+  it.runIf(existsSync(dist))("node_models times predict() on 'cuda' (here the emulated device) and refuses without one", () => {
+    const out = path.join(tmp, 'node.jsonl');
+    const args = [dist, out, '--models', 'identityformer_s12', '--batches', '1', '--precisions', 'float32,bf16', '--seconds', '0.01'];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, METAFORMER_EMULATE_CUDA: '1' } });
+    expect(r.status, r.stderr).toBe(0);
+    const rows = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { bench: string; name: string; precision: string; ms: number });
+    expect(rows.map((x) => [x.bench, x.name, x.precision])).toEqual([
+      ['node-model', 'identityformer_s12_b1', 'fp32'], ['node-model', 'identityformer_s12_b1', 'bf16']]);
+    expect(rows.every((x) => x.ms > 0)).toBe(true);
+    if (!cudaAvailable()) {  // (on a GPU machine the real device answers instead)
+      const env = { ...process.env };
+      delete env.METAFORMER_EMULATE_CUDA;
+      const none = spawnSync(process.execPath, [dist, out], { encoding: 'utf8', env });
+      expect(none.status).toBe(1);
+      expect(none.stderr).toMatch(/node_models: no usable CUDA device/);
     }
   });
 
