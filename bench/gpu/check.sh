@@ -233,10 +233,10 @@ fi
 if need_build models; then
   if ls "$PLANS"/*_s18_b*.plan >/dev/null 2>&1; then
     run_limited 80 "$CHECK" --plans "$PLANS" --filter _s18_ --time-plans --json "$OUT/m.part" 2>&1 | tee -a "$LOG" \
-      | grep -E '^BENCH|^FAIL'
+      | grep -E '^BENCH|^PROFILE|^FAIL'
     rc=${PIPESTATUS[0]}
     run_limited 60 "$CHECK" --plans "$PLANS" --filter _s18_ --time-plans --precision bf16 --json "$OUT/m16.part" 2>&1 \
-      | tee -a "$LOG" | grep -E '^BENCH|^FAIL'
+      | tee -a "$LOG" | grep -E '^BENCH|^PROFILE|^FAIL'
     rc16=${PIPESTATUS[0]}
     cat "$OUT/m16.part" >> "$OUT/m.part" 2>/dev/null; rm -f "$OUT/m16.part"
     [ "$rc" = 0 ] && [ "$rc16" != 0 ] && rc=$rc16

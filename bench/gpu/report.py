@@ -54,6 +54,7 @@ def main():
     kern = [r for r in ours if r.get("bench") in ("dwconv7x7", "attention")]
     mods = [r for r in ours if r.get("bench") == "model"]
     node_mods = [r for r in ours if r.get("bench") == "node-model"]
+    profiles = [r for r in ours if "profile" in r]
 
     def peer(kind, d, shape, batch, dtype, variant=None):
         for r in torch_rows:
@@ -126,6 +127,14 @@ def main():
                 lines.append(f"| {name} | {b} | {fmt(o32, 1)} | {fmt(p32, 1)} | {fmt(ratio(o32, p32), 2)} | "
                              f"{fmt(o16, 1)} | {fmt(p16, 1)} | {fmt(ratio(o16, p16), 2)} | "
                              f"{fmt(c16 and c16['img_per_s'], 1)} | {fmt(n32, 1)} / {fmt(n16, 1)} |")
+    if profiles:
+        lines += ["", "## Where our GPU time goes (one pass, each step waited for; summed per op)", "",
+                  "| plan | precision | B | top ops: ms (share) |", "|---|---|---|---|"]
+        for r in profiles:
+            ops = sorted(r["ops"].items(), key=lambda kv: -kv[1])
+            total = sum(v for _, v in ops) or 1.0
+            top = ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in ops[:6])
+            lines.append(f"| {r['profile']} | {r['precision']} | {r['batch']} | {top} |")
     hostcpu = os.path.join(out, "hostcpu.txt")
     if os.path.exists(hostcpu):
         lines += ["", "## This machine's CPU: bf16 mode (issue 5), caformer_s18 at 224", "",

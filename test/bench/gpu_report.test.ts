@@ -57,6 +57,7 @@ describe('the GPU check scripts', () => {
       { bench: 'model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 50, img_per_s: 5120 },
       { bench: 'node-model', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 104, img_per_s: 2461.5 },
       { bench: 'node-model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 52, img_per_s: 4923.1 },
+      { profile: 'caformer_s18_b256', precision: 'bf16', batch: 256, ops: { fused_linear: 30, attention: 10, layernorm: 10 } },
     ]));
     writeFileSync(path.join(tmp, 'torch.jsonl'), jsonl([
       { kind: 'dwconv7x7', dir: 'fwd', shape: '[B,56,56,128]', batch: 256, dtype: 'float32', variant: 'cudnn', ms: 1.0 },
@@ -75,6 +76,7 @@ describe('the GPU check scripts', () => {
     expect(md).toContain('| dwconv7x7 | fwd | [B,56,56,128] | 256 | 0.5000 | 1644 | 1.0000 | 2.00 | — |');
     // ours / PyTorch eager in the same precision, and the Node column
     expect(md).toContain('| caformer_s18 | 256 | 2560.0 | 2000.0 | 1.28 | 5120.0 | 6400.0 | 0.80 | — | 2461.5 / 4923.1 |');
+    expect(md).toContain('| caformer_s18_b256 | bf16 | 256 | fused_linear 30.00 (60%), attention 10.00 (20%), layernorm 10.00 (20%) |');
     expect(md).toMatch(/## This machine's CPU: bf16 mode[\s\S]*amx_bf16 avx512_bf16/);
     const json = JSON.parse(readFileSync(path.join(tmp, 'results.json'), 'utf8')) as { failed_checks: string[]; models: unknown[] };
     expect(json.failed_checks).toEqual(['attention bwd B2 N35']);

@@ -808,7 +808,7 @@ int main(int argc, char** argv) {
   }
   if (!ops && !do_bench && plans.empty()) ops = true;
   if (!plans.empty() && backend == "ref" && !ops && !do_bench) {  // plan replay on the host: no GPU needed
-    plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, ref_backend(), false, g_json, prec);
+    plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, ref_backend(), time_plans, g_json, prec);
     if (g_json) std::fclose(g_json);
     std::printf("%d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -277,7 +278,8 @@ struct Replay {
     return v;
   }
 
-  void run() {
+  // One forward pass. With per_op, each step is waited for and its time added under its op's name.
+  void run(std::map<std::string, double>* per_op = nullptr) {
     for (size_t si = 0; si < p.steps.size(); ++si) {
       const auto& st = p.steps[si];
       OpArgs a;
@@ -287,7 +289,12 @@ struct Replay {
       for (int i = 0; i < a.n_in; ++i) a.in[i] = view(st.ins[static_cast<size_t>(i)]);
       for (int i = 0; i < a.n_out; ++i) a.out[i] = view(st.outs[static_cast<size_t>(i)]);
       for (int i = 0; i < a.n_attr; ++i) a.attr[i] = st.attrs[static_cast<size_t>(i)];
+      auto t0 = std::chrono::steady_clock::now();
       run_op(be, st.op, st.dir, a);
+      if (per_op) {
+        mem.sync();
+        (*per_op)[op_name(st.op)] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      }
       for (const auto* refs : {&st.ins, &st.outs})  // release slots whose last use this was
         for (int64_t r : *refs)
           if (r >= 0) {
@@ -391,6 +398,28 @@ Tally run_plans(const std::string& dir, const std::string& filter, const Backend
                        "{\"bench\":\"model\",\"name\":\"%s\",\"precision\":\"%s\",\"batch\":%lld,\"ms\":%.5f,"
                        "\"img_per_s\":%.2f}\n",
                        p.name.c_str(), pname, static_cast<long long>(batch), med, batch / (med * 1e-3));
+        // Where the time goes (the largest batch only): one pass waiting for every step, summed per op.
+        if (batch >= 64) {
+          std::map<std::string, double> per_op;
+          r.run(&per_op);
+          double sum = 0;
+          for (const auto& kv : per_op) sum += kv.second;
+          std::vector<std::pair<double, std::string>> order;
+          for (const auto& kv : per_op) order.push_back({kv.second, kv.first});
+          std::sort(order.rbegin(), order.rend());
+          std::string line, js;
+          for (const auto& [ms_op, name] : order) {
+            char buf[96];
+            std::snprintf(buf, sizeof buf, " %s %.3f ms (%.0f%%)", name.c_str(), ms_op, 100.0 * ms_op / sum);
+            line += buf;
+            std::snprintf(buf, sizeof buf, "%s\"%s\":%.4f", js.empty() ? "" : ",", name.c_str(), ms_op);
+            js += buf;
+          }
+          std::printf("PROFILE model %-26s %s B=%-4lld%s\n", p.name.c_str(), pname, static_cast<long long>(batch), line.c_str());
+          if (json)
+            std::fprintf(json, "{\"profile\":\"%s\",\"precision\":\"%s\",\"batch\":%lld,\"ops\":{%s}}\n", p.name.c_str(),
+                         pname, static_cast<long long>(batch), js.c_str());
+        }
       } else if (!any_expected) {
         std::printf("PASS  model %-40s ran (no expected outputs)\n", p.name.c_str());
         t.passed++;
