@@ -37,6 +37,9 @@
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
 #   Logs other than check.log are packed into $OUT/logs.tar.gz (a GPU lease returns few files).
+#
+# CHECK_STAGES=ops,fixtures,nodetests (a comma list of the stages above) runs only those, e.g. to
+# re-check fixes in the minutes a lease has left after a full run; the others report SKIPPED.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -61,6 +64,13 @@ if ! command -v nvcc >/dev/null 2>&1; then
 fi
 command -v nvcc >/dev/null 2>&1 && export CUDACXX=${CUDACXX:-$(command -v nvcc)}
 
+STAGES_WANTED=${CHECK_STAGES:-all}
+# want STAGE: whether CHECK_STAGES asks for it (otherwise it is recorded as SKIPPED).
+want() {
+  if [ "$STAGES_WANTED" = all ] || [[ ",$STAGES_WANTED," == *",$1,"* ]]; then return 0; fi
+  stage "$1" SKIPPED "not in CHECK_STAGES"
+  return 1
+}
 log() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stage() {  # stage NAME STATUS REASON
@@ -173,7 +183,8 @@ fi
 HOSTCPU_PID=""
 NPROC=$(nproc)
 LOWER="0-$(( NPROC / 2 - 1 ))"
-if [ -n "$NODE" ] && [ "$NPROC" -ge 8 ]; then
+if [[ "$STAGES_WANTED" != all && ",$STAGES_WANTED," != *",hostcpu,"* ]]; then :
+elif [ -n "$NODE" ] && [ "$NPROC" -ge 8 ]; then
   bash bench/gpu/host_cpu.sh "$NODE" "$PY" "$OUT/hostcpu.txt" "$(( NPROC / 2 ))-$(( NPROC - 1 ))" 4 > "$OUT/hostcpu.log" 2>&1 &
   HOSTCPU_PID=$!
 fi
@@ -185,7 +196,7 @@ OURS=$OUT/ours.jsonl
 need_build() { if [ $BUILT = 1 ]; then return 0; fi; stage "$1" SKIPPED "the checker did not build"; return 1; }
 
 # --- ops ------------------------------------------------------------------------------------------
-if need_build ops; then
+if want ops && need_build ops; then
   run_limited 150 "$CHECK" --ops --json "$OUT/ops.part" 2>&1 | tee -a "$LOG" | grep -E '^(FAIL|SKIP)|passed, ' 
   rc=${PIPESTATUS[0]}
   cat "$OUT/ops.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/ops.part"
@@ -197,7 +208,7 @@ if need_build ops; then
 fi
 
 # --- fixtures -------------------------------------------------------------------------------------
-if need_build fixtures; then
+if want fixtures && need_build fixtures; then
   if ls "$PLANS"/*_tiny_*.plan >/dev/null 2>&1; then
     run_limited 90 "$CHECK" --plans "$PLANS" --filter _tiny_ --json "$OUT/fx.part" > "$OUT/fx.log" 2>&1
     rc=$?
@@ -220,7 +231,7 @@ if need_build fixtures; then
 fi
 
 # --- kernels --------------------------------------------------------------------------------------
-if need_build kernels; then
+if want kernels && need_build kernels; then
   run_limited 100 "$CHECK" --bench --json "$OUT/k.part" 2>&1 | tee -a "$LOG" | grep -E '^BENCH|^FAIL'
   rc=${PIPESTATUS[0]}
   cat "$OUT/k.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/k.part"
@@ -230,7 +241,7 @@ if need_build kernels; then
 fi
 
 # --- models (ours) --------------------------------------------------------------------------------
-if need_build models; then
+if want models && need_build models; then
   if ls "$PLANS"/*_s18_b*.plan >/dev/null 2>&1; then
     run_limited 80 "$CHECK" --plans "$PLANS" --filter _s18_ --time-plans --json "$OUT/m.part" 2>&1 | tee -a "$LOG" \
       | grep -E '^BENCH|^PROFILE|^FAIL'
@@ -250,7 +261,8 @@ if need_build models; then
 fi
 
 # --- nodetests: the library's GPU tests through the carried Node ---------------------------------------
-if [ -z "$NODE" ]; then
+if ! want nodetests; then :
+elif [ -z "$NODE" ]; then
   stage nodetests SKIPPED "no usable carried Node (see the node stage)"
 else
   run_limited 110 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/device.test.ts test/models/fixtures.test.ts test/cli/device.test.ts \
@@ -273,7 +285,8 @@ fi
 
 # --- torch ----------------------------------------------------------------------------------------
 T=$(( $(left) - 25 ))
-if ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+if ! want torch; then :
+elif ! $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
   stage torch SKIPPED "PyTorch with CUDA is not importable"
 elif (( T < 30 )); then
   stage torch SKIPPED "no time left (${T}s)"
@@ -289,7 +302,8 @@ fi
 
 
 # --- hostcpu: collect the background run ------------------------------------------------------------
-if [ -z "$HOSTCPU_PID" ]; then
+if ! want hostcpu; then :
+elif [ -z "$HOSTCPU_PID" ]; then
   stage hostcpu SKIPPED "needs the carried Node and at least 8 cores"
 else
   while kill -0 "$HOSTCPU_PID" 2>/dev/null && (( $(left) > 8 )); do sleep 1; done
