@@ -36,10 +36,11 @@
 #   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
-#   Logs other than check.log are packed into $OUT/logs.tar.gz (a GPU lease returns few files).
+#   Logs other than check.log are packed into $OUT/logs.tar.gz ($OUT holds at most 8 files, so a remote
+#   runner that returns only a few files still returns everything).
 #
-# CHECK_STAGES=ops,fixtures,nodetests (a comma list of the stages above) runs only those, e.g. to
-# re-check fixes in the minutes a lease has left after a full run; the others report SKIPPED.
+# CHECK_STAGES=ops,fixtures,nodetests (a comma list of the stages above) runs only those, e.g. a quick
+# re-check of fixes after a full run (~2 minutes); the others report SKIPPED.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -324,7 +325,7 @@ else stage report FAIL "see check.log"; fi
 log ""
 column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 rm -f "$OUT/stages.tsv.tmp"
-# A GPU lease returns at most 8 files: every log but check.log goes into one archive.
+# At most 8 files in $OUT: every log but check.log goes into one archive.
 (cd "$OUT" && ls env.txt build.log node.log nodetests.log hostcpu.txt hostcpu.log 2>/dev/null \
    | xargs -r tar -czf logs.tar.gz --remove-files)
 grep -q $'\tFAIL\t' "$STAGES" && exit 1
