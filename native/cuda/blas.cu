@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "../core/numeric.h"
@@ -140,11 +141,12 @@ void gemm_batched(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_
   const bool share_a = sa == 0, share_b = sb == 0;
   // stored shapes: A is [M, K] or (ta) [K, M]; B is [K, N] or (tb) [N, K]
   const int64_t ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
-  Scratch a16(bf16 ? static_cast<size_t>((share_a ? 1 : batch) * ra * ca) * 2 : 1);
-  Scratch b16(bf16 ? static_cast<size_t>((share_b ? 1 : batch) * rb * cb) * 2 : 1);
+  std::optional<Scratch> a16, b16;  // the bf16 copies, alive until the GEMM is queued (fp32: none)
   if (bf16) {
-    a = to_bf16(A, ra, ca, lda, sa, batch, a16, op);
-    b = to_bf16(B, rb, cb, ldb, sb, batch, b16, op);
+    a16.emplace(static_cast<size_t>((share_a ? 1 : batch) * ra * ca) * 2);
+    b16.emplace(static_cast<size_t>((share_b ? 1 : batch) * rb * cb) * 2);
+    a = to_bf16(A, ra, ca, lda, sa, batch, *a16, op);
+    b = to_bf16(B, rb, cb, ldb, sb, batch, *b16, op);
   }
   int m = to_int32(N, op, "a GEMM dimension"), n = to_int32(M, op, "a GEMM dimension");
   int k = to_int32(K, op, "a GEMM dimension");

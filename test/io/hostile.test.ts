@@ -14,7 +14,9 @@ import {
 } from '../../lib/io/pickle.js';
 import { readPth, readPthObject, writePth } from '../../lib/io/pth.js';
 import { readSafetensors, readSafetensorsHeader, readSafetensorsSync, writeSafetensors } from '../../lib/io/safetensors.js';
+import { writeSafetensors as writeTensors } from '../../lib/io/tensors.js';
 import { ZipReader } from '../../lib/io/zip.js';
+import { Tensor } from '../../lib/tensor.js';
 import { fixturePath } from '../helpers/fixtures.js';
 import { craftZip, type CraftEntry } from '../helpers/zipcraft.js';
 
@@ -343,6 +345,14 @@ describe('failed writes', () => {
     await expect(writeSafetensors(target, [pending('a', () => new Uint8Array(12)), pending('b', () => new Uint8Array(4))]))
       .rejects.toThrow(`${target}: tensor 'b': expected 12 bytes of data for float32 [3] but found 4 bytes`);
     expect(made).toEqual(['a', 'b', 'a', 'b']);
+    expect(fs.readFileSync(target).equals(before)).toBe(true);
+    // the Tensor writer (checkpoints, trainer weights) refuses a disposed tensor or a repeated name before
+    // the file is touched
+    const live = Tensor.from([1, 2, 3]), gone = Tensor.from([4, 5]);
+    gone.dispose();
+    await expect(writeTensors(target, [['w', live], ['gone', gone]])).rejects.toThrow(/Expected a live tensor for gone/);
+    await expect(writeTensors(target, [['w', live], ['w', live]])).rejects.toThrow(/expected unique tensor names/);
+    live.dispose();
     expect(fs.readFileSync(target).equals(before)).toBe(true);
 
     const pth = path.join(dir, 'model.pth');
