@@ -281,10 +281,14 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
     if (s.accumulate && !s.bias) return;
     throw Error(ErrorKind::range, "gemm: K = 0 is only supported when accumulating without bias");
   }
+  Precision p = gemm_precision();
+  if (p == Precision::f32 && own_gemm_applies(s)) {
+    own_gemm(s, A, B, C, s.bias ? bias : nullptr);
+    return;
+  }
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   try {
-    Precision p = gemm_precision();
     Entry& e = lookup(s, p);
     auto run = [&](const void* a, const void* b) {
       std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(e.a, st.eng, const_cast<void*>(a))},

@@ -1,4 +1,5 @@
-// gemm.h: the one matrix-multiply entry point of the CPU backend, on oneDNN's matmul primitive.
+// gemm.h: the one matrix-multiply entry point of the CPU backend: oneDNN's matmul primitive, or for
+// tall float32 products the backend's own GEMM (sgemm.cpp).
 //
 //   C[b] (+)= A[b] * B[b] (+ bias)   for b in batch (up to two batch dimensions)
 //
@@ -39,6 +40,11 @@ struct GemmShape {
 };
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
+
+// The own float32 GEMM for tall products (sgemm.cpp): whether it takes this shape (no batch, A and C
+// row-major, M >= 2048 rows, ...), and the product itself. gemm() calls it for float32 when it applies.
+bool own_gemm_applies(const GemmShape& s);
+void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias);
 
 // Whether oneDNN runs bf16 matmuls natively on this CPU (else bf16 mode emulates the rounding).
 bool bf16_native();

@@ -8,20 +8,30 @@
 namespace mf::cpu {
 
 void col_sum_accumulate(const float* dy, int64_t M, int64_t N, float* db) {
+  // Sums in double (a float running sum over tens of thousands of rows loses ~sqrt(M) ulps).
   int nt = num_threads();
   int64_t chunks = std::min<int64_t>(nt, std::max<int64_t>(1, M / 64));
-  std::vector<float> part(static_cast<size_t>(chunks * N), 0.0f);
+  std::vector<double> part(static_cast<size_t>(chunks * N), 0.0);
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      float* acc = part.data() + c * N;
+      double* acc = part.data() + c * N;
       for (int64_t m = M * c / chunks; m < M * (c + 1) / chunks; ++m) {
         const float* row = dy + m * N;
-        for (int64_t n = 0; n < N; ++n) acc[n] += row[n];
+        int64_t n = 0;
+        for (; n + 8 <= N; n += 8) {
+          __m256 v = _mm256_loadu_ps(row + n);
+          _mm256_storeu_pd(acc + n, _mm256_add_pd(_mm256_loadu_pd(acc + n), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+          _mm256_storeu_pd(acc + n + 4, _mm256_add_pd(_mm256_loadu_pd(acc + n + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+        }
+        for (; n < N; ++n) acc[n] += row[n];
       }
     }
   });
-  for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t n = 0; n < N; ++n) db[n] += part[static_cast<size_t>(c * N + n)];
+  for (int64_t n = 0; n < N; ++n) {
+    double sum = db[n];
+    for (int64_t c = 0; c < chunks; ++c) sum += part[static_cast<size_t>(c * N + n)];
+    db[n] = static_cast<float>(sum);
+  }
 }
 
 namespace {

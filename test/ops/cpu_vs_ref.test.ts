@@ -65,7 +65,16 @@ function cases(): Case[] {
       { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
       { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
   }
-  for (const [M, K, N, act, acc] of [[1, 1, 1, 1, 0], [7, 3, 5, 1, 1], [33, 17, 9, 2, 0], [64, 64, 31, 0, 1], [13, 130, 17, 2, 1]] as const) {
+  // Tall products (M >= 2048) run on the backend's own GEMM (native/cpu/sgemm.cpp): tails of rows
+  // (M mod 6), of columns (N mod 16) and of the K blocks (K > 384).
+  for (const [M, K, N, bias] of [[2053, 389, 101, true], [2048, 7, 96, false], [4099, 20, 130, true]] as const) {
+    const x = rnd([M, K]), w = rnd([N, K]), b = bias ? rnd([N]) : null;
+    both(`linear (own gemm) M${M} K${K} N${N}${bias ? ' bias' : ''}`, 'linear',
+      { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
+      { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
+  }
+  for (const [M, K, N, act, acc] of [[1, 1, 1, 1, 0], [7, 3, 5, 1, 1], [33, 17, 9, 2, 0], [64, 64, 31, 0, 1], [13, 130, 17, 2, 1],
+    [2053, 389, 101, 1, 0], [2051, 64, 112, 2, 0], [2052, 777, 97, 0, 1], [2049, 33, 128, 1, 1]] as const) {
     const x = rnd([M, K]), w = rnd([N, K]), b = rnd([N]), s = rnd([1]), sb = rnd([1]);
     out.push({ name: `fused_linear M${M} K${K} N${N} act${act} acc${acc}`, op: 'fused_linear', dir: 0,
       ins: [x, w, b, act === 1 ? s : null, act === 1 ? sb : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });

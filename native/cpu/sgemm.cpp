@@ -1,0 +1,211 @@
+// sgemm.cpp: the CPU backend's own float32 GEMM for tall products (thousands of rows: batched
+// inference and training), C[M,N] = A[M,K] B[K,N] (+ bias, activation) or C += A B (+ bias).
+//
+// Why, next to oneDNN: at these shapes oneDNN 2.6's AVX2 matmul applies its post-ops (bias, StarReLU)
+// in a second pass over C and writes C through the cache; here the epilogue runs on the accumulator
+// registers and, when C is written once and is larger than the caches, with streaming stores (no read
+// for ownership). Measured in bench/RESULTS.md (log 20). Short products (M < kMinRows) stay on oneDNN,
+// whose per-call packing is cheaper there.
+//
+// Structure (GotoBLAS/BLIS): B is packed per call into 16-column panels [K block][panel][kc][16]
+// (zero-padded at the right edge); each thread takes a contiguous range of 96-row blocks of A; per K
+// block of up to 384 and per panel, a 6x16 register tile (12 accumulators) runs over the rows, A read
+// in place (row-major), broadcast one element at a time. The B panel (24 KiB) stays in L1, the A block
+// (up to 144 KiB) in L2.
+#include <algorithm>
+
+#include "cpu.h"
+#include "gemm.h"
+
+namespace mf::cpu {
+namespace {
+
+constexpr int64_t kMinRows = 2048;   // below: oneDNN
+constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster
+constexpr int64_t KC = 384, MC = 96;  // K block, rows per block (a multiple of 6)
+constexpr int64_t kStreamBytes = 8 << 20;  // C at least this large and written once: streaming stores
+
+struct Epilogue {
+  const float* bias;  // of this panel (16 columns), or null
+  int act;            // GemmShape::act
+  float act_s, act_b;
+  bool load_c;        // add the current C (a later K block, or accumulate)
+  bool finish;        // last K block: bias and activation
+  bool stream;        // non-temporal stores (full aligned panels only)
+};
+
+inline __m256 activate(__m256 v, const Epilogue& e) {
+  v = _mm256_max_ps(_mm256_setzero_ps(), v);  // relu; a NaN stays NaN (max returns the second operand)
+  v = _mm256_mul_ps(v, v);
+  if (e.act == 1) v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(e.act_s)), _mm256_set1_ps(e.act_b));
+  return v;
+}
+
+// One R x 16 tile of C (nc <= 16 valid columns): C (+)= A[R, kc] Bp[kc, 16], then the epilogue.
+template <int R>
+__attribute__((always_inline)) inline void tile(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
+                                                int64_t ldc, int nc, const Epilogue& e) {
+  __m256 c0[R], c1[R];
+  const float* a[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    c0[r] = c1[r] = _mm256_setzero_ps();
+    a[r] = A + r * lda;
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_load_ps(Bp + k * 16), b1 = _mm256_load_ps(Bp + k * 16 + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      __m256 av = _mm256_broadcast_ss(a[r] + k);
+      c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+    }
+  }
+  const bool full = nc == 16;
+  const __m256i m0 = tail_mask(std::min(nc, 8)), m1 = tail_mask(std::max(nc - 8, 0));
+  auto load = [&](const float* p, int half) {
+    return full ? _mm256_loadu_ps(p + 8 * half) : _mm256_maskload_ps(p + 8 * half, half ? m1 : m0);
+  };
+  if (e.load_c) {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      c0[r] = _mm256_add_ps(c0[r], load(C + r * ldc, 0));
+      c1[r] = _mm256_add_ps(c1[r], load(C + r * ldc, 1));
+    }
+  }
+  if (e.finish) {
+    if (e.bias) {
+      __m256 b0 = load(e.bias, 0), b1 = load(e.bias, 1);
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        c0[r] = _mm256_add_ps(c0[r], b0);
+        c1[r] = _mm256_add_ps(c1[r], b1);
+      }
+    }
+    if (e.act != 0) {
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        c0[r] = activate(c0[r], e);
+        c1[r] = activate(c1[r], e);
+      }
+    }
+  }
+  if (full && e.stream) {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      _mm256_stream_ps(C + r * ldc, c0[r]);
+      _mm256_stream_ps(C + r * ldc + 8, c1[r]);
+    }
+  } else if (full) {
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      _mm256_storeu_ps(C + r * ldc, c0[r]);
+      _mm256_storeu_ps(C + r * ldc + 8, c1[r]);
+    }
+  } else {
+    for (int r = 0; r < R; ++r) {
+      _mm256_maskstore_ps(C + r * ldc, m0, c0[r]);
+      _mm256_maskstore_ps(C + r * ldc + 8, m1, c1[r]);
+    }
+  }
+}
+
+// Rows [m0, m1) of one panel: 6-row tiles, then the remainder.
+void panel_rows(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
+                int64_t ldc, int nc, const Epilogue& e) {
+  int64_t m = m0;
+  for (; m + 6 <= m1; m += 6) tile<6>(kc, A + m * lda, lda, Bp, C + m * ldc, ldc, nc, e);
+  const float* a = A + m * lda;
+  float* c = C + m * ldc;
+  switch (m1 - m) {
+    case 5: tile<5>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 4: tile<4>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 3: tile<3>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 2: tile<2>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 1: tile<1>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    default: break;
+  }
+}
+
+// Transposes an 8x8 block: rows r[i] (8 consecutive k of column n0 + i) into out[k * 16 + i].
+inline void transpose8(const __m256 (&r)[8], float* out) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  const __m256 o[8] = {_mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+                       _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+                       _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+                       _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  for (int i = 0; i < 8; ++i) _mm256_store_ps(out + i * 16, o[i]);
+}
+
+// Packs rows [k0, k0 + kc) and columns [n0, n0 + 16) of B (element strides b_k, b_n) into
+// out[kc][16], zeros past column N.
+void pack_panel(const float* B, int64_t b_k, int64_t b_n, int64_t k0, int64_t kc, int64_t n0, int64_t N, float* out) {
+  const int64_t nn = std::min<int64_t>(16, N - n0);
+  const float* src = B + k0 * b_k + n0 * b_n;
+  int64_t k = 0;
+  if (nn == 16 && b_n == 1) {  // rows of B contiguous over n
+    for (; k < kc; ++k) {
+      _mm256_store_ps(out + k * 16, _mm256_loadu_ps(src + k * b_k));
+      _mm256_store_ps(out + k * 16 + 8, _mm256_loadu_ps(src + k * b_k + 8));
+    }
+  } else if (nn == 16 && b_k == 1) {  // columns of B contiguous over k (the nn.Linear weight): transpose
+    for (; k + 8 <= kc; k += 8) {
+      for (int h = 0; h < 2; ++h) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (h * 8 + i) * b_n + k);
+        transpose8(r, out + k * 16 + h * 8);
+      }
+    }
+  }
+  for (; k < kc; ++k)
+    for (int64_t c = 0; c < 16; ++c) out[k * 16 + c] = c < nn ? src[k * b_k + c * b_n] : 0.0f;
+}
+
+}  // namespace
+
+bool own_gemm_applies(const GemmShape& s) {
+  return s.batch[0] * s.batch[1] == 1 && s.M >= kMinRows && s.N >= kMinCols && s.K >= 1 && s.a_k == 1 &&
+         s.c_n == 1 && s.alpha == 1.0f && !(s.accumulate && s.act != 0);
+}
+
+void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
+  const int64_t M = s.M, N = s.N, K = s.K;
+  const int64_t np = (N + 15) / 16, nkb = (K + KC - 1) / KC;
+  const int64_t block = KC * np * 16;  // floats per packed K block
+  Scratch packed(static_cast<size_t>(nkb * block));
+  float* Bp = packed.get();
+  parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      int64_t kb = t / np, p = t % np, k0 = kb * KC, kc = std::min(KC, K - k0);
+      pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, N, Bp + kb * block + p * kc * 16);
+    }
+  });
+  const bool aligned = (reinterpret_cast<uintptr_t>(C) % 32 == 0) && (s.c_m % 8 == 0);
+  const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
+  const int64_t nm = (M + MC - 1) / MC;
+  parallel_for(nm, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t mb = b0; mb < b1; ++mb) {
+      int64_t m0 = mb * MC, m1 = std::min(M, m0 + MC);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
+        for (int64_t p = 0; p < np; ++p) {
+          int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
+          Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1,
+                     stream};
+          panel_rows(m0, m1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e);
+        }
+      }
+    }
+    if (stream) _mm_sfence();
+  });
+}
+
+}  // namespace mf::cpu
