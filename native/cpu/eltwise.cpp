@@ -371,12 +371,15 @@ void fill_fwd(const OpArgs& a) {
 void sumsq_fwd(const OpArgs& a) {
   const float* X = a.in[0].f();
   auto part = reduce_parallel(a.in[0].numel(), 1, [&](int64_t i0, int64_t i1, double* acc) {
-    double s = 0;
-    for (int64_t i0b = i0; i0b < i1; i0b += 1024) {  // float blocks, double across blocks
-      float f = 0;
-      for (int64_t i = i0b; i < std::min(i1, i0b + 1024); ++i) f += X[i] * X[i];
-      s += f;
+    // exact double products of the floats, summed in double in 8 lanes
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+      __m256 v = _mm256_loadu_ps(X + i);
+      add_products_widened(lo, hi, v, v);
     }
+    double s = hsum_pd(_mm256_add_pd(lo, hi));
+    for (; i < i1; ++i) s += static_cast<double>(X[i]) * X[i];
     acc[0] += s;
   });
   a.out[0].as<double>()[0] = total(part, 1, 0);

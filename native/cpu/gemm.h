@@ -1,5 +1,5 @@
 // gemm.h: the one matrix-multiply entry point of the CPU backend: oneDNN's matmul primitive, or for
-// tall float32 products the backend's own GEMM (sgemm.cpp).
+// float32 products of 128 rows or more the backend's own GEMM (sgemm.cpp).
 //
 //   C[b] (+)= A[b] * B[b] (+ bias)   for b in batch (up to two batch dimensions)
 //
@@ -41,8 +41,8 @@ struct GemmShape {
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
 
-// The own float32 GEMM for tall products (sgemm.cpp): whether it takes this shape (no batch, A and C
-// row-major, M >= 2048 rows, ...), and the product itself. gemm() calls it for float32 when it applies.
+// The own float32 GEMM (sgemm.cpp): whether it takes this shape (no batch, A and C row-major,
+// M >= 128 rows, N >= 96 columns, ...), and the product itself. gemm() calls it for float32 when it applies.
 bool own_gemm_applies(const GemmShape& s);
 void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias);
 

@@ -1,17 +1,19 @@
-// sgemm.cpp: the CPU backend's own float32 GEMM for tall products (thousands of rows: batched
-// inference and training), C[M,N] = A[M,K] B[K,N] (+ bias, activation) or C += A B (+ bias).
+// sgemm.cpp: the CPU backend's own float32 GEMM for products of 128 rows or more (the token rows of
+// every MetaFormer stage at 224, batched or not), C[M,N] = A[M,K] B[K,N] (+ bias, activation) or
+// C += A B (+ bias).
 //
-// Why, next to oneDNN: at these shapes oneDNN 2.6's AVX2 matmul applies its post-ops (bias, StarReLU)
-// in a second pass over C and writes C through the cache; here the epilogue runs on the accumulator
-// registers and, when C is written once and is larger than the caches, with streaming stores (no read
-// for ownership). Measured in bench/RESULTS.md (log 20). Short products (M < kMinRows) stay on oneDNN,
-// whose per-call packing is cheaper there.
+// Why, next to oneDNN: oneDNN 2.6's AVX2 matmul applies its post-ops (bias, StarReLU) in a second
+// pass over C and writes C through the cache; here the epilogue runs on the accumulator registers and,
+// when C is written once and is larger than the caches, with streaming stores (no read for
+// ownership). Measured in bench/RESULTS.md (log 20). Products of fewer than 128 rows stay on oneDNN
+// (at 49 rows it was faster: it reads the weights from memory while it computes, we pack first).
 //
-// Structure (GotoBLAS/BLIS): B is packed per call into 16-column panels [K block][panel][kc][16]
-// (zero-padded at the right edge); each thread takes a contiguous range of 96-row blocks of A; per K
-// block of up to 384 and per panel, a 6x16 register tile (12 accumulators) runs over the rows, A read
-// in place (row-major), broadcast one element at a time. The B panel (24 KiB) stays in L1, the A block
-// (up to 144 KiB) in L2.
+// Structure (GotoBLAS/BLIS): B is packed into 16-column panels [K block][panel][kc][16] (zero-padded
+// at the right edge); a 6x16 register tile (12 accumulators) runs over the rows, A read in place
+// (row-major), broadcast one element at a time; K blocks of up to 384 keep a panel (24 KiB) in L1
+// and a block of A in L2. Tall products (>= 512 rows) pack B once and give each thread a range of
+// 96-row blocks; shorter ones give each thread a range of panels, which it packs and multiplies
+// with all rows.
 #include <algorithm>
 
 #include "cpu.h"
@@ -20,7 +22,8 @@
 namespace mf::cpu {
 namespace {
 
-constexpr int64_t kMinRows = 2048;   // below: oneDNN
+constexpr int64_t kMinRows = 128;    // below: oneDNN (at 49 rows it was faster, reading weights while it packs)
+constexpr int64_t kSplitRows = 512;  // from here threads split the rows, below the columns
 constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster
 constexpr int64_t KC = 384, MC = 96;  // K block, rows per block (a multiple of 6)
 constexpr int64_t kStreamBytes = 8 << 20;  // C at least this large and written once: streaming stores
@@ -182,30 +185,46 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   const int64_t block = KC * np * 16;  // floats per packed K block
   Scratch packed(static_cast<size_t>(nkb * block));
   float* Bp = packed.get();
-  parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      int64_t kb = t / np, p = t % np, k0 = kb * KC, kc = std::min(KC, K - k0);
-      pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, N, Bp + kb * block + p * kc * 16);
-    }
-  });
+  auto pack = [&](int64_t kb, int64_t p0, int64_t p1) {
+    int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
+    for (int64_t p = p0; p < p1; ++p) pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, N, Bp + kb * block + p * kc * 16);
+  };
   const bool aligned = (reinterpret_cast<uintptr_t>(C) % 32 == 0) && (s.c_m % 8 == 0);
   const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
-  const int64_t nm = (M + MC - 1) / MC;
-  parallel_for(nm, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t mb = b0; mb < b1; ++mb) {
-      int64_t m0 = mb * MC, m1 = std::min(M, m0 + MC);
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
-        for (int64_t p = 0; p < np; ++p) {
-          int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
-          Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1,
-                     stream};
-          panel_rows(m0, m1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e);
-        }
+  // Rows [m0, m1) x panels [p0, p1) for K block kb, in row blocks of mc.
+  auto compute = [&](int64_t kb, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t mc) {
+    int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
+    for (int64_t r0 = m0; r0 < m1; r0 += mc) {
+      int64_t r1 = std::min(m1, r0 + mc);
+      for (int64_t p = p0; p < p1; ++p) {
+        int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
+        Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1, stream};
+        panel_rows(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e);
       }
     }
-    if (stream) _mm_sfence();
-  });
+  };
+  if (M >= kSplitRows) {
+    // Tall: B packed once by all threads, then each thread takes a contiguous range of row blocks.
+    parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) pack(t / np, t % np, t % np + 1);
+    });
+    parallel_for((M + MC - 1) / MC, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t mb = b0; mb < b1; ++mb)  // a block's C stays in cache over the K blocks
+        for (int64_t kb = 0; kb < nkb; ++kb) compute(kb, mb * MC, std::min(M, mb * MC + MC), 0, np, MC);
+      if (stream) _mm_sfence();
+    });
+  } else {
+    // Short (a few hundred rows): each thread packs and multiplies its own range of panels, all rows
+    // (in one block up to 264 rows, so each panel is read once per K block).
+    const int64_t mc = M <= 264 ? M : MC;
+    parallel_for(np, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        pack(kb, p0, p1);
+        compute(kb, 0, M, p0, p1, mc);
+      }
+      if (stream) _mm_sfence();
+    });
+  }
 }
 
 }  // namespace mf::cpu

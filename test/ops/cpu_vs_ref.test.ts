@@ -65,16 +65,19 @@ function cases(): Case[] {
       { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
       { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
   }
-  // Tall products (M >= 2048) run on the backend's own GEMM (native/cpu/sgemm.cpp): tails of rows
-  // (M mod 6), of columns (N mod 16) and of the K blocks (K > 384).
-  for (const [M, K, N, bias] of [[2053, 389, 101, true], [2048, 7, 96, false], [4099, 20, 130, true]] as const) {
+  // Products of M >= 128 rows and N >= 96 columns run on the backend's own GEMM (native/cpu/sgemm.cpp;
+  // threads split the columns below 512 rows, the rows from there): tails of rows (M mod 6), of
+  // columns (N mod 16) and of the K blocks (K > 384).
+  for (const [M, K, N, bias] of [[2053, 389, 101, true], [2048, 7, 96, false], [4099, 20, 130, true], [128, 389, 97, true],
+    [301, 33, 250, false], [511, 800, 96, true], [512, 17, 113, false]] as const) {
     const x = rnd([M, K]), w = rnd([N, K]), b = bias ? rnd([N]) : null;
     both(`linear (own gemm) M${M} K${K} N${N}${bias ? ' bias' : ''}`, 'linear',
       { ins: [x, w, b], outs: [nanOut([M, N])], attrs: [] },
       { ins: [rnd([M, N]), x, w], outs: [nanOut([M, K]), accOut([N, K]), bias ? accOut([N]) : null], attrs: [] });
   }
   for (const [M, K, N, act, acc] of [[1, 1, 1, 1, 0], [7, 3, 5, 1, 1], [33, 17, 9, 2, 0], [64, 64, 31, 0, 1], [13, 130, 17, 2, 1],
-    [2053, 389, 101, 1, 0], [2051, 64, 112, 2, 0], [2052, 777, 97, 0, 1], [2049, 33, 128, 1, 1]] as const) {
+    [2053, 389, 101, 1, 0], [2051, 64, 112, 2, 0], [2052, 777, 97, 0, 1], [2049, 33, 128, 1, 1],
+    [131, 389, 101, 1, 0], [197, 64, 200, 2, 0], [300, 777, 97, 0, 1], [263, 33, 128, 1, 1]] as const) {
     const x = rnd([M, K]), w = rnd([N, K]), b = rnd([N]), s = rnd([1]), sb = rnd([1]);
     out.push({ name: `fused_linear M${M} K${K} N${N} act${act} acc${acc}`, op: 'fused_linear', dir: 0,
       ins: [x, w, b, act === 1 ? s : null, act === 1 ? sb : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });
@@ -84,6 +87,7 @@ function cases(): Case[] {
     [2, 3, 29, 23, 12, 7, 4, 2, 1], [1, 3, 17, 9, 5, 7, 4, 2, 1], [2, 12, 7, 5, 20, 3, 2, 1, 0],
     [1, 5, 9, 11, 3, 3, 1, 1, 0], [3, 17, 1, 1, 9, 3, 2, 1, 0], [1, 1, 4, 4, 1, 3, 2, 1, 0],
     [2, 4, 9, 10, 6, 3, 2, 1, 1], [1, 2, 5, 3, 4, 5, 1, 2, 1],  // NCHW with other kernel widths
+    [1, 20, 13, 17, 100, 3, 1, 1, 0], [2, 9, 23, 21, 130, 3, 2, 1, 0],  // >= 128 pixels, >= 96 outputs: own GEMM
     [2, 64, 128, 128, 3, 3, 1, 1, 0]] as const) {  // the last: several im2col chunks
     const x = nchw ? rnd([B, Ci, H, W]) : rnd([B, H, W, Ci]), w = rnd([Co, Ci, k, k]), b = rnd([Co]);
     const Ho = Math.floor((H + 2 * p - k) / s) + 1, Wo = Math.floor((W + 2 * p - k) / s) + 1;
@@ -132,7 +136,7 @@ function cases(): Case[] {
   for (const [B, N, heads, hd] of [[1, 1, 1, 32], [2, 5, 2, 32], [1, 49, 3, 32], [2, 50, 1, 32], [1, 17, 2, 8], [1, 196, 2, 32]] as const) {
     attention(B, N, heads, hd);
   }
-  for (const [B, N, C] of [[1, 1, 1], [2, 7, 3], [2, 35, 17], [1, 49, 64]] as const) {
+  for (const [B, N, C] of [[1, 1, 1], [2, 7, 3], [2, 35, 17], [1, 49, 64], [2, 144, 100]] as const) {  // the last: own GEMM
     const x = rnd([B, N, C]), r = rnd([N, N]);
     both(`random_mixing [${B},${N},${C}]`, 'random_mixing',
       { ins: [x, r], outs: [nanOut([B, N, C])], attrs: [] },
