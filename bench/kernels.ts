@@ -124,14 +124,20 @@ function timeCase(c: KernelCase, iters: number): number {
 }
 
 /**
- * oneDNN's large-square rate, GFLOP/s: the best of three medians (a ceiling; one median taken while
- * the shared machine was busy once put every GEMM row above 100%).
+ * A library's large-square rate, GFLOP/s: the best of three medians (a ceiling; one median taken
+ * while the shared machine was busy once put every GEMM row above 100%). float32 runs with the given
+ * GEMM policy ('onednn': the library rate the GEMM rows are held to; 'own': the backend's own kernel).
  */
-function gemmCeiling(iters: number, precision: Precision = 'float32'): number {
+function gemmCeiling(iters: number, precision: Precision = 'float32', policy: 'onednn' | 'own' = 'onednn'): number {
   const n = 1024;
   let best = Infinity;
-  for (let r = 0; r < 3; ++r) {
-    best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, precision, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
+  const previous = addon.setGemmPolicy(policy);
+  try {
+    for (let r = 0; r < 3; ++r) {
+      best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, precision, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
+    }
+  } finally {
+    addon.setGemmPolicy(previous);
   }
   return (2 * n ** 3) / best / 1e9;
 }
@@ -158,6 +164,8 @@ export interface KernelResults {
   gemmCeiling: number;
   /** The same 1024^3 GEMM as a bf16 plan (oneDNN's bf16 matmul, or the emulation: see bf16Native). */
   bf16Ceiling: number;
+  /** The backend's own float32 GEMM (native/cpu/sgemm.cpp) on the same 1024^3 product. */
+  ownGemm: number;
   rows: KernelRow[];
   torch: Record<string, number> | { error: string };
 }
@@ -181,8 +189,9 @@ function torchKernels(iters: number): Record<string, number> | { error: string }
 }
 
 export function runKernels(opts: { iters: number; torch: boolean; log: (s: string) => void }): KernelResults {
-  const ceiling = gemmCeiling(opts.iters), bf16Ceiling = gemmCeiling(opts.iters, 'bf16');
-  opts.log(`GEMM ceiling (oneDNN, 1024^3): ${fmt(ceiling, 1)} GFLOP/s; bf16 ${fmt(bf16Ceiling, 1)} GFLOP/s (${bf16Native() ? 'native' : 'emulated'})`);
+  const ceiling = gemmCeiling(opts.iters), bf16Ceiling = gemmCeiling(opts.iters, 'bf16'), own = gemmCeiling(opts.iters, 'float32', 'own');
+  opts.log(`GEMM ceiling (oneDNN, 1024^3): ${fmt(ceiling, 1)} GFLOP/s; bf16 ${fmt(bf16Ceiling, 1)} GFLOP/s (${bf16Native() ? 'native' : 'emulated'}); ` +
+    `own float32 GEMM on the same square ${fmt(own, 1)} GFLOP/s`);
   // PyTorch runs before and after ours; each peer kernel keeps the faster of its two medians (this
   // machine's load drifts within minutes, and the faster run is the fairer peer).
   const before = opts.torch ? torchKernels(opts.iters) : { error: 'not run' };
@@ -212,5 +221,5 @@ export function runKernels(opts: { iters: number; torch: boolean; log: (s: strin
     opts.log(`${row.name.padEnd(44)} ${fmt(row.ms, 3).padStart(9)} ms  ${row.rate.padStart(14)}  ${(100 * row.efficiency).toFixed(0).padStart(4)}% of ${row.ceiling}` +
       (row.torchMs ? `  (PyTorch ${fmt(row.torchMs, 3)} ms, ${fmt(row.torchMs / row.ms, 2)}x)` : ''));
   }
-  return { gemmCeiling: ceiling, bf16Ceiling, rows, torch };
+  return { gemmCeiling: ceiling, bf16Ceiling, ownGemm: own, rows, torch };
 }

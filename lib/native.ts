@@ -82,6 +82,12 @@ export interface Addon {
   resetPeak(): void;
   trimCache(): void;
   buildInfo(): { cuda: boolean; openmp: number; procs: number; bf16Native: boolean };
+  /**
+   * Which float32 GEMM the cpu backend runs (native/cpu/gemm.h): 'auto' (its own kernel where it
+   * measured faster, else oneDNN), 'own' (the own kernel for every product it can compute) or
+   * 'onednn'. Returns the previous policy. For tests and benchmarks.
+   */
+  setGemmPolicy(policy: 'auto' | 'own' | 'onednn'): 'auto' | 'own' | 'onednn';
   cudaInfo(): CudaInfo;
   /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
   cudaSynchronize(): void;

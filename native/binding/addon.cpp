@@ -128,6 +128,24 @@ static Napi::Value TrimCache(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setGemmPolicy('auto' | 'own' | 'onednn'): which float32 GEMM the cpu backend runs (cpu/gemm.h);
+// returns the previous policy. For tests and benchmarks.
+static Napi::Value SetGemmPolicy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  static const char* const names[] = {"auto", "own", "onednn"};
+  std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
+  int p = -1;
+  for (int i = 0; i < 3; ++i)
+    if (name == names[i]) p = i;
+  if (p < 0) {
+    Napi::TypeError::New(env, "setGemmPolicy: expected 'auto', 'own' or 'onednn'").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int old = static_cast<int>(cpu::gemm_policy());
+  cpu::set_gemm_policy(static_cast<cpu::GemmPolicy>(p));
+  return Napi::String::New(env, names[old]);
+}
+
 static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -168,6 +186,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resetPeak", Napi::Function::New(env, ResetPeak, "resetPeak"));
   exports.Set("trimCache", Napi::Function::New(env, TrimCache, "trimCache"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
+  exports.Set("setGemmPolicy", Napi::Function::New(env, SetGemmPolicy, "setGemmPolicy"));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo, "cudaInfo"));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize, "cudaSynchronize"));
   return exports;

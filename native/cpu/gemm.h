@@ -41,10 +41,18 @@ struct GemmShape {
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
 
-// The own float32 GEMM (sgemm.cpp): whether it takes this shape (no batch, A and C row-major,
-// M >= 128 rows, N >= 96 columns, ...), and the product itself. gemm() calls it for float32 when it applies.
+// The own float32 GEMM (sgemm.cpp): whether it takes this product (a CPU without AVX-512; no batch,
+// A and C row-major, M >= 128 rows, N >= 96 columns, B of at most 2^19 floats, enough rows or
+// columns per thread, ...), and the product itself. gemm() calls it for float32 when it applies.
 bool own_gemm_applies(const GemmShape& s);
 void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias);
+
+// Which float32 GEMM runs (process-wide; for tests and benchmarks): automatic (the rules above),
+// own (every product the own kernel can compute: no batch, A and C row-major, alpha 1, no activation
+// with accumulation; any size), or onednn (always oneDNN).
+enum class GemmPolicy { automatic = 0, own = 1, onednn = 2 };
+void set_gemm_policy(GemmPolicy p);
+GemmPolicy gemm_policy();
 
 // Whether oneDNN runs bf16 matmuls natively on this CPU (else bf16 mode emulates the rounding).
 bool bf16_native();

@@ -2,19 +2,23 @@
 // every MetaFormer stage at 224, batched or not), C[M,N] = A[M,K] B[K,N] (+ bias, activation) or
 // C += A B (+ bias).
 //
+// Used where oneDNN's own kernels are AVX2 too (CPUs without AVX-512).
+//
 // Why, next to oneDNN: oneDNN 2.6's AVX2 matmul applies its post-ops (bias, StarReLU) in a second
 // pass over C and writes C through the cache; here the epilogue runs on the accumulator registers and,
 // when C is written once and is larger than the caches, with streaming stores (no read for
 // ownership). Measured in bench/RESULTS.md (log 20). Products of fewer than 128 rows stay on oneDNN
-// (at 49 rows it was faster: it reads the weights from memory while it computes, we pack first).
+// (at 49 rows it was faster: it reads the weights from memory while it computes, we pack first), and
+// so do those with more than 2 MiB of B (see kMaxPacked).
 //
 // Structure (GotoBLAS/BLIS): B is packed into 16-column panels [K block][panel][kc][16] (zero-padded
 // at the right edge); a 6x16 register tile (12 accumulators) runs over the rows, A read in place
 // (row-major), broadcast one element at a time; K blocks of up to 384 keep a panel (24 KiB) in L1
-// and a block of A in L2. Tall products (>= 512 rows) pack B once and give each thread a range of
-// 96-row blocks; shorter ones give each thread a range of panels, which it packs and multiplies
-// with all rows.
+// and a block of A in L2. Tall products (>= 512 rows, >= 4 row blocks per thread) pack B once and
+// give each thread a range of 96-row blocks; shorter ones give each thread a range of panels, which
+// it packs and multiplies with all rows.
 #include <algorithm>
+#include <atomic>
 
 #include "cpu.h"
 #include "gemm.h"
@@ -25,6 +29,9 @@ namespace {
 constexpr int64_t kMinRows = 128;    // below: oneDNN (at 49 rows it was faster, reading weights while it packs)
 constexpr int64_t kSplitRows = 512;  // from here threads split the rows, below the columns
 constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster
+// Larger B (K x N floats; 2 MiB) stay on oneDNN, whose blocking kept 1.2-1.35x ahead there (K, N =
+// 512 x 2048, 2048 x 512, 1024 x 1024); every MetaFormer GEMM of stages 1-3 is below.
+constexpr int64_t kMaxPacked = int64_t{1} << 19;
 constexpr int64_t KC = 384, MC = 96;  // K block, rows per block (a multiple of 6)
 constexpr int64_t kStreamBytes = 8 << 20;  // C at least this large and written once: streaming stores
 
@@ -172,11 +179,31 @@ void pack_panel(const float* B, int64_t b_k, int64_t b_n, int64_t k0, int64_t kc
     for (int64_t c = 0; c < 16; ++c) out[k * 16 + c] = c < nn ? src[k * b_k + c * b_n] : 0.0f;
 }
 
+// Whether threads split the rows (tall products with at least 4 row blocks per thread), else the
+// columns.
+bool split_rows(const GemmShape& s) { return s.M >= kSplitRows && (s.M + MC - 1) / MC >= 4 * num_threads(); }
+
 }  // namespace
 
+namespace {
+std::atomic<int> g_policy{static_cast<int>(GemmPolicy::automatic)};
+}  // namespace
+
+void set_gemm_policy(GemmPolicy p) { g_policy.store(static_cast<int>(p), std::memory_order_relaxed); }
+GemmPolicy gemm_policy() { return static_cast<GemmPolicy>(g_policy.load(std::memory_order_relaxed)); }
+
 bool own_gemm_applies(const GemmShape& s) {
-  return s.batch[0] * s.batch[1] == 1 && s.M >= kMinRows && s.N >= kMinCols && s.K >= 1 && s.a_k == 1 &&
-         s.c_n == 1 && s.alpha == 1.0f && !(s.accumulate && s.act != 0);
+  const GemmPolicy policy = gemm_policy();
+  if (policy == GemmPolicy::onednn) return false;
+  if (s.batch[0] * s.batch[1] != 1 || s.K < 1 || s.a_k != 1 || s.c_n != 1 || s.alpha != 1.0f || (s.accumulate && s.act != 0))
+    return false;
+  if (policy == GemmPolicy::own) return true;
+  // On CPUs with AVX-512, oneDNN's kernels use twice our vector width: they stay.
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 || s.M < kMinRows || s.N < kMinCols || s.K * s.N > kMaxPacked) return false;
+  // Enough work units per thread for one of the two splits to balance (measured on 2 cores only;
+  // with many threads and few rows and columns, oneDNN's two-dimensional partitioning stays).
+  return split_rows(s) || (s.N + 15) / 16 >= 2 * num_threads();
 }
 
 void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
@@ -203,7 +230,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
       }
     }
   };
-  if (M >= kSplitRows) {
+  if (split_rows(s)) {
     // Tall: B packed once by all threads, then each thread takes a contiguous range of row blocks.
     parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) pack(t / np, t % np, t % np + 1);
@@ -215,7 +242,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
     });
   } else {
     // Short (a few hundred rows): each thread packs and multiplies its own range of panels, all rows
-    // (in one block up to 264 rows, so each panel is read once per K block).
+    // (in one block up to 264 rows, so each panel is read once per K block, else in 96-row blocks).
     const int64_t mc = M <= 264 ? M : MC;
     parallel_for(np, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t kb = 0; kb < nkb; ++kb) {

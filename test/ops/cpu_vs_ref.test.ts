@@ -4,7 +4,7 @@
  * pre-filled with NaN (a skipped element fails); accumulated outputs (parameter gradients, in-place
  * updates) are pre-filled with random values (the += must keep them). Errors are relative L2.
  */
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addon, BACKEND_ID, OP, type OpName } from '../../lib/native.js';
 import { Tensor } from '../../lib/tensor.js';
 import { randomTensor, relL2 } from '../helpers/tensors.js';
@@ -224,8 +224,21 @@ function cases(): Case[] {
   return out;
 }
 
+function compare(c: Case): void {
+  const ref = runOn('ref', c, 1000);
+  const cpu = runOn('cpu', c, 1000);
+  const tol = TOL[c.op]?.[c.dir] ?? DEFAULT_TOL;
+  ref.forEach((r, i) => {
+    const a = cpu[i]!.toFloat64Array(), e = r.toFloat64Array();
+    expect(a.some((v) => Number.isNaN(v)), `output ${i} has unwritten (NaN) elements`).toBe(false);
+    const err = relL2(a, e);
+    expect(err, `output ${i}: rel L2 ${err.toExponential(2)} > ${tol}`).toBeLessThanOrEqual(tol);
+  });
+}
+
+const all = cases();
+
 describe('cpu backend vs reference backend', () => {
-  const all = cases();
   it('covers every op with a forward case and every differentiable op with a backward case', () => {
     const names = addon.opNames() as OpName[];
     for (const op of names) {
@@ -234,17 +247,30 @@ describe('cpu backend vs reference backend', () => {
       if (addon.supports(BACKEND_ID.ref, OP[op], 1)) expect(all.some((c) => c.op === op && c.dir === 1), `${op} backward`).toBe(true);
     }
   });
-  for (const c of all) {
-    it(c.name, () => {
-      const ref = runOn('ref', c, 1000);
-      const cpu = runOn('cpu', c, 1000);
-      const tol = TOL[c.op]?.[c.dir] ?? DEFAULT_TOL;
-      ref.forEach((r, i) => {
-        const a = cpu[i]!.toFloat64Array(), e = r.toFloat64Array();
-        expect(a.some((v) => Number.isNaN(v)), `output ${i} has unwritten (NaN) elements`).toBe(false);
-        const err = relL2(a, e);
-        expect(err, `output ${i}: rel L2 ${err.toExponential(2)} > ${tol}`).toBeLessThanOrEqual(tol);
-      });
+  for (const c of all) it(c.name, () => compare(c));
+});
+
+// The GEMM-based ops again with each float32 GEMM forced: the own kernel on every shape it can take
+// (whatever this CPU's automatic choice), and oneDNN on the shapes the automatic choice gives the own one.
+const GEMM_OPS = new Set<OpName>(['linear', 'fused_linear', 'conv2d', 'random_mixing']);
+for (const policy of ['own', 'onednn'] as const) {
+  describe(`cpu backend vs reference backend, GEMM policy '${policy}'`, () => {
+    let previous: 'auto' | 'own' | 'onednn' = 'auto';
+    beforeAll(() => {
+      previous = addon.setGemmPolicy(policy);
     });
-  }
+    afterAll(() => {
+      addon.setGemmPolicy(previous);
+    });
+    for (const c of all.filter((k) => GEMM_OPS.has(k.op) && !k.name.includes(' only output '))) it(c.name, () => compare(c));
+  });
+}
+
+describe('setGemmPolicy', () => {
+  it('returns the previous policy and refuses unknown names', () => {
+    expect(addon.setGemmPolicy('onednn')).toBe('auto');
+    expect(addon.setGemmPolicy('auto')).toBe('onednn');
+    expect(() => addon.setGemmPolicy('fast' as 'auto')).toThrow(/expected 'auto', 'own' or 'onednn'/);
+    expect(addon.setGemmPolicy('auto')).toBe('auto');
+  });
 });
