@@ -29,7 +29,7 @@ export function machineLine(m: MachineInfo, when = new Date()): string {
 
 export function kernelsMarkdown(r: KernelResults, m: MachineInfo, bf16Native: boolean): string {
   const lines = [`## Kernels (batch 1, MetaFormer-S18 shapes, fp32 unless marked bf16, cpu backend)`, '', `Measured ${machineLine(m)}. ` +
-    `GEMM ceiling: oneDNN 1024³ matmul, ${fmt(r.gemmCeiling, 1)} GFLOP/s (the float32 rows run the backend's own GEMM where ` +
+    `GEMM ceiling: oneDNN 1024³ matmul, ${fmt(r.gemmCeiling, 1)} GFLOP/s (the faster of a measurement before and one after the rows; the float32 rows run the backend's own GEMM where ` +
     `it applies, optimisation log entry 20: ${fmt(r.ownGemm, 1)} GFLOP/s on the same product; bf16 rows: the same GEMM as a bf16 plan, ` +
     `${fmt(r.bf16Ceiling, 1)} GFLOP/s, ${bf16Native ? 'oneDNN\'s bf16 matmul' : 'emulated on this CPU: fp32 kernels on rounded operands'}; ` +
     `bf16 rows run as one-step plans, so the weight's bf16 copy is made once). Memory ceiling: a streaming kernel ` +
