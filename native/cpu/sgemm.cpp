@@ -26,7 +26,7 @@
 namespace mf::cpu {
 namespace {
 
-constexpr int64_t kMinRows = 128;    // below: oneDNN (at 49 rows it was faster, reading weights while it packs)
+constexpr int64_t kMinRows = 128;    // below: oneDNN (faster at 49 rows: it reads the weights while it computes)
 constexpr int64_t kSplitRows = 512;  // from here threads split the rows, below the columns
 constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster
 // Larger B (K x N floats; 2 MiB) stay on oneDNN, whose blocking kept 1.2-1.35x ahead there (K, N =
@@ -183,10 +183,8 @@ void pack_panel(const float* B, int64_t b_k, int64_t b_n, int64_t k0, int64_t kc
 // columns.
 bool split_rows(const GemmShape& s) { return s.M >= kSplitRows && (s.M + MC - 1) / MC >= 4 * num_threads(); }
 
-}  // namespace
-
-namespace {
 std::atomic<int> g_policy{static_cast<int>(GemmPolicy::automatic)};
+
 }  // namespace
 
 void set_gemm_policy(GemmPolicy p) { g_policy.store(static_cast<int>(p), std::memory_order_relaxed); }
