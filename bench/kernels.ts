@@ -4,6 +4,7 @@
  * rate measured in the same run) or GB/s (memory-bound ops, against a streaming kernel over the same
  * working-set size). PyTorch's depthwise conv and attention run side by side when it is installed.
  */
+import { setGemmPolicy } from '../lib/backend.js';
 import { addon, BACKEND_ID, OP, type OpName } from '../lib/native.js';
 import { linear } from '../lib/ops.js';
 import { bf16Native, compilePlan, type CompiledPlan, type Precision } from '../lib/plan.js';
@@ -131,13 +132,13 @@ function timeCase(c: KernelCase, iters: number): number {
 function gemmCeiling(iters: number, precision: Precision = 'float32', policy: 'onednn' | 'own' = 'onednn'): number {
   const n = 1024;
   let best = Infinity;
-  const previous = addon.setGemmPolicy(policy);
+  const previous = setGemmPolicy(policy);
   try {
     for (let r = 0; r < 3; ++r) {
       best = Math.min(best, timeCase({ name: 'ceiling', op: 'linear', dir: 0, precision, ins: [[n, n], [n, n], null], outs: [[n, n]], attrs: [] }, iters));
     }
   } finally {
-    addon.setGemmPolicy(previous);
+    setGemmPolicy(previous);
   }
   return (2 * n ** 3) / best / 1e9;
 }

@@ -40,6 +40,20 @@ export function getNumThreads(): number {
   return addon.getNumThreads();
 }
 
+export type GemmPolicy = 'auto' | 'own' | 'onednn';
+const GEMM_POLICIES: readonly GemmPolicy[] = ['auto', 'own', 'onednn'];
+
+/**
+ * Chooses the float32 matrix-multiply kernel of the cpu backend, process-wide: 'auto' (the default:
+ * the backend's own GEMM for the products where it measured faster, on CPUs without AVX-512, else
+ * oneDNN), 'own' (the own GEMM for every product it can compute) or 'onednn'. Results agree to
+ * float32 rounding; meant for benchmarking the kernels against each other. Returns the previous policy.
+ */
+export function setGemmPolicy(policy: GemmPolicy): GemmPolicy {
+  if (!GEMM_POLICIES.includes(policy)) throw new TypeError(expectation("'auto', 'own' or 'onednn'", 'GEMM policy', policy));
+  return addon.setGemmPolicy(policy);
+}
+
 function backendId(dtypes: DType[], cuda: boolean): number {
   if (cuda) return BACKEND_ID.cuda;
   if (dtypes.includes('float64')) return BACKEND_ID.ref;
