@@ -19,9 +19,10 @@ void col_sum_accumulate(const float* dy, int64_t M, int64_t N, float* db) {
         const float* row = dy + m * N;
         int64_t n = 0;
         for (; n + 8 <= N; n += 8) {
-          __m256 v = _mm256_loadu_ps(row + n);
-          _mm256_storeu_pd(acc + n, _mm256_add_pd(_mm256_loadu_pd(acc + n), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-          _mm256_storeu_pd(acc + n + 4, _mm256_add_pd(_mm256_loadu_pd(acc + n + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+          __m256d lo = _mm256_loadu_pd(acc + n), hi = _mm256_loadu_pd(acc + n + 4);
+          add_widened(lo, hi, _mm256_loadu_ps(row + n));
+          _mm256_storeu_pd(acc + n, lo);
+          _mm256_storeu_pd(acc + n + 4, hi);
         }
         for (; n < N; ++n) acc[n] += row[n];
       }

@@ -5,6 +5,7 @@
  * updates) are pre-filled with random values (the += must keep them). Errors are relative L2.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { setGemmPolicy, type GemmPolicy } from '../../lib/backend.js';
 import { addon, BACKEND_ID, OP, type OpName } from '../../lib/native.js';
 import { Tensor } from '../../lib/tensor.js';
 import { randomTensor, relL2 } from '../helpers/tensors.js';
@@ -255,22 +256,13 @@ describe('cpu backend vs reference backend', () => {
 const GEMM_OPS = new Set<OpName>(['linear', 'fused_linear', 'conv2d', 'random_mixing']);
 for (const policy of ['own', 'onednn'] as const) {
   describe(`cpu backend vs reference backend, GEMM policy '${policy}'`, () => {
-    let previous: 'auto' | 'own' | 'onednn' = 'auto';
+    let previous: GemmPolicy = 'auto';
     beforeAll(() => {
-      previous = addon.setGemmPolicy(policy);
+      previous = setGemmPolicy(policy);
     });
     afterAll(() => {
-      addon.setGemmPolicy(previous);
+      setGemmPolicy(previous);
     });
     for (const c of all.filter((k) => GEMM_OPS.has(k.op) && !k.name.includes(' only output '))) it(c.name, () => compare(c));
   });
 }
-
-describe('setGemmPolicy', () => {
-  it('returns the previous policy and refuses unknown names', () => {
-    expect(addon.setGemmPolicy('onednn')).toBe('auto');
-    expect(addon.setGemmPolicy('auto')).toBe('onednn');
-    expect(() => addon.setGemmPolicy('fast' as 'auto')).toThrow(/expected 'auto', 'own' or 'onednn'/);
-    expect(addon.setGemmPolicy('auto')).toBe('auto');
-  });
-});
