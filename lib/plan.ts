@@ -86,7 +86,7 @@ export function compilePlan(fn: (x: Tensor) => Tensor | Tensor[], inputShape: re
   });
   const outputs = Array.isArray(result) ? result : [result];
   try {
-    if (opts.fuse ?? true) fuse(trace, outputs);
+    if (opts.fuse ?? true) fuse(trace, outputs, input);
     return build(trace, input, outputs, backend, precision, device);
   } finally {
     for (const t of trace.created) t.dispose();
@@ -114,9 +114,11 @@ function aliasIn(trace: Trace, base: Tensor, shape: readonly number[]): Tensor {
  *  1. linear -> StarReLU / SquaredReLU becomes one fused_linear with the activation in the GEMM
  *     epilogue (the pre-activation tensor is never written);
  *  2. a residual step `x * s + branch` whose branch is a linear output read nowhere else becomes
- *     `y = x * s` followed by the linear accumulating into y (the branch is never written).
+ *     `y = x * s` followed by the linear accumulating into y (the branch is never written); without
+ *     a scale, when nothing reads x afterwards (and x is not the plan's input or an output), the linear
+ *     accumulates into x itself and y becomes x's memory (no copy).
  */
-export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
+export function fuse(trace: Trace, outputs: readonly Tensor[], input: Tensor | null = null): void {
   const steps = trace.steps;
   const reads = new Map<Tensor, number>();
   const note = (t: Tensor | null) => {
@@ -143,13 +145,22 @@ export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
   });
 
   // 2. residual accumulation into the GEMM: the linear step moves to the residual step's place,
-  //    right after `y = x * s`, and accumulates into y.
+  //    right after `y = x * s`, and accumulates into y (or, unscaled and x dead after, into x).
   const after = new Map<number, TracedStep>();
+  // x may be overwritten in place only if the plan does not bind it (input, outputs) and no later
+  // step reads its memory (roots taken as they are now: earlier rewrites alias outputs to inputs).
+  const boundRoots = (): Set<Tensor> => new Set([...outputs, ...(input ? [input] : [])].map((t) => rootIn(trace, t)));
+  const readsRoot = (s: TracedStep, root: Tensor): boolean => s.ins.some((t) => t !== null && rootIn(trace, t) === root);
+  const readAfter = (root: Tensor, k: number): boolean => steps.some((s, j) => j > k && !dead.has(j) && readsRoot(s, root));
+  // Roots a residual was accumulated into in place: more than one step writes them now, so they are
+  // no longer a linear's output to fold (their producer and read counts above predate the aliasing).
+  const accumulated = new Set<Tensor>();
   steps.forEach((s, k) => {
     if (s.op !== 'scale_add' || s.dir !== 0 || dead.has(k)) return;
     const [x, scale, r] = s.ins;
     if (!x || !r) return;
     const root = rootIn(trace, r);
+    if (accumulated.has(root)) return;
     const i = producer.get(root);
     if (i === undefined || i >= k || dead.has(i) || reads.get(root) !== 1) return;
     const lin = steps[i]!;
@@ -159,14 +170,22 @@ export function fuse(trace: Trace, outputs: readonly Tensor[]): void {
     const ins = lin.op === 'linear' ? [...lin.ins, null, null] : [...lin.ins];
     const attrs = lin.op === 'linear' ? [0, 1] : [lin.attrs[0]!, 1];
     dead.add(i);
-    steps[k] = { op: 'scale_add', dir: 0, ins: [x, scale ?? null, null], outs: [y], attrs: [] };
-    after.set(k, { op: 'fused_linear', dir: 0, ins, outs: [aliasIn(trace, y, root.shape)], attrs });
+    const xRoot = rootIn(trace, x);
+    const fusedStep: TracedStep = { op: 'fused_linear', dir: 0, ins, outs: [], attrs };
+    if (!scale && trace.created.has(xRoot) && !boundRoots().has(xRoot) && !readAfter(xRoot, k) &&
+        !readsRoot(fusedStep, xRoot) && !trace.aliases.has(y)) {
+      dead.add(k);  // no copy: y is x's memory from here on
+      trace.aliases.set(y, xRoot);
+      accumulated.add(xRoot);
+    } else {
+      steps[k] = { op: 'scale_add', dir: 0, ins: [x, scale ?? null, null], outs: [y], attrs: [] };
+    }
+    after.set(k, { ...fusedStep, outs: [aliasIn(trace, y, root.shape)] });
   });
 
   const rewritten: TracedStep[] = [];
   steps.forEach((s, i) => {
-    if (dead.has(i)) return;
-    rewritten.push(s);
+    if (!dead.has(i)) rewritten.push(s);
     const next = after.get(i);
     if (next) rewritten.push(next);
   });
