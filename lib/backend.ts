@@ -5,7 +5,7 @@
  * devices.
  */
 import type { DType } from './dtype.js';
-import { addon, BACKEND_ID, type BackendName, OP, type OpName } from './native.js';
+import { addon, BACKEND_ID, type BackendName, type GemmPolicy, OP, type OpName } from './native.js';
 import { expectation, type Tensor } from './tensor.js';
 import { activeTrace } from './trace.js';
 
@@ -40,7 +40,7 @@ export function getNumThreads(): number {
   return addon.getNumThreads();
 }
 
-export type GemmPolicy = 'auto' | 'own' | 'onednn';
+export type { GemmPolicy };
 const GEMM_POLICIES: readonly GemmPolicy[] = ['auto', 'own', 'onednn'];
 
 /**

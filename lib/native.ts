@@ -67,6 +67,9 @@ export interface NativePlan {
   readonly arenaBytes: number;
 }
 
+/** The cpu backend's float32 GEMM choice (see Addon.setGemmPolicy). */
+export type GemmPolicy = 'auto' | 'own' | 'onednn';
+
 export interface Addon {
   NativeTensor: new (dtype: number, shape: number[], zeroFill?: boolean, device?: number) => NativeTensorHandle;
   Plan: new (spec: PlanSpec) => NativePlan;
@@ -87,7 +90,7 @@ export interface Addon {
    * measured faster, else oneDNN), 'own' (the own kernel for every product it can compute) or
    * 'onednn'. Returns the previous policy. For tests and benchmarks.
    */
-  setGemmPolicy(policy: 'auto' | 'own' | 'onednn'): 'auto' | 'own' | 'onednn';
+  setGemmPolicy(policy: GemmPolicy): GemmPolicy;
   cudaInfo(): CudaInfo;
   /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
   cudaSynchronize(): void;

@@ -118,7 +118,7 @@ function aliasIn(trace: Trace, base: Tensor, shape: readonly number[]): Tensor {
  *     a scale, when nothing reads x afterwards (and x is not the plan's input or an output), the linear
  *     accumulates into x itself and y becomes x's memory (no copy).
  */
-export function fuse(trace: Trace, outputs: readonly Tensor[], input: Tensor | null = null): void {
+export function fuse(trace: Trace, outputs: readonly Tensor[], input: Tensor): void {
   const steps = trace.steps;
   const reads = new Map<Tensor, number>();
   const note = (t: Tensor | null) => {
@@ -149,7 +149,7 @@ export function fuse(trace: Trace, outputs: readonly Tensor[], input: Tensor | n
   const after = new Map<number, TracedStep>();
   // x may be overwritten in place only if the plan does not bind it (input, outputs) and no later
   // step reads its memory (roots taken as they are now: earlier rewrites alias outputs to inputs).
-  const boundRoots = (): Set<Tensor> => new Set([...outputs, ...(input ? [input] : [])].map((t) => rootIn(trace, t)));
+  const boundRoots = (): Set<Tensor> => new Set([...outputs, input].map((t) => rootIn(trace, t)));
   const readsRoot = (s: TracedStep, root: Tensor): boolean => s.ins.some((t) => t !== null && rootIn(trace, t) === root);
   const readAfter = (root: Tensor, k: number): boolean => steps.some((s, j) => j > k && !dead.has(j) && readsRoot(s, root));
   // Roots a residual was accumulated into in place: more than one step writes them now, so they are
