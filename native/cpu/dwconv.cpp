@@ -1,15 +1,17 @@
 // cpu/dwconv.cpp: depthwise convolution, channels-last, stride 1, padding k/2, AVX2 + FMA.
 //
-// Work is split into (16-channel block, image) tasks. Each task first copies its input block into a
-// zero-padded scratch [H + kh - 1][W padded to whole tiles + kw - 1][16] (fits in L2 for 56x56), so
-// the inner loops have no bounds checks.
-//   forward:  y = conv(x, w) + b, in register tiles of 7 or 8 pixels x 8 channels: per tap one weight
-//             vector and one FMA per pixel with its input read from L1 (measured: as fast as a sliding
-//             window with the inputs in registers, which GCC spills).
+// Channels are handled in 16-channel blocks (two AVX2 vectors), each block's input copied into a
+// zero-padded [rows][W padded to whole tiles + kw - 1][16] layout so the inner loops have no bounds checks.
+//   forward:  y = conv(x, w) + b. Tasks are (group of up to 4 blocks, image); each block keeps a ring of
+//             kh + 1 padded rows, refilled one input row at a time, and outputs are computed in register
+//             tiles of 2 rows x 7 pixels x 8 channels (14 accumulators): per tap one weight vector
+//             and 14 FMAs reading their inputs from L1.
 //   dx:       conv(dy, w flipped in both axes)  (the same kernel)
-//   dw[c,i,j] += sum_{b,h,w} dy[b,h,w,c] x[b,h-ph+i,w-pw+j,c]: up to 7 taps of a kernel row at a time
-//             in registers, a sliding window over the row (each x vector loaded once for all of them).
+//   dw[c,i,j] += sum_{b,h,w} dy[b,h,w,c] x[b,h-ph+i,w-pw+j,c]: one task per block over all images (a
+//             whole padded image per block), up to 7 taps of a kernel row at a time in registers, a
+//             sliding window over the row (each x vector loaded once for all of them).
 #include <algorithm>
+#include <vector>
 
 #include "cpu.h"
 
@@ -110,54 +112,146 @@ __attribute__((always_inline)) inline void by_width(int64_t jw, A&&... a) {
   }
 }
 
-// y[b, :, :, c0:c0+16] = conv(pad, wr block) + bias, pad being [Hp][cols][16], in register tiles of
-// T pixels x 8 channels: per tap one weight vector, T FMAs reading their inputs straight from L1 (T
-// accumulators + 1 weight: no spills). Each output sums its taps in row-major order, like the reference.
-template <int T>
-void conv_block(const Geom& g, const float* pad, const float* wb, const float* bias16, float* y, int64_t b, int64_t c0) {
-  const int64_t nc = std::min(CB, g.C - c0);
-  for (int64_t oh = 0; oh < g.H; ++oh) {
-    float* yrow = y + ((b * g.H + oh) * g.W) * g.C + c0;
-    for (int64_t ow = 0; ow < g.W; ow += T) {
-      const int64_t nw = std::min<int64_t>(T, g.W - ow);
-      for (int64_t half = 0; half * 8 < nc; ++half) {
-        __m256 acc[T];
-        const __m256 bv = _mm256_loadu_ps(bias16 + half * 8);
-        for (int o = 0; o < T; ++o) acc[o] = bv;
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const float* in = pad + ((oh + i) * g.cols + ow) * CB + half * 8;
-          const float* wi = wb + i * g.kw * CB + half * 8;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const __m256 wv = _mm256_loadu_ps(wi + j * CB);
+// Output tiles of R rows x T pixels x 8 channels, R * T accumulators (at most 14) + 1 weight vector:
+// per tap one weight load feeds R * T FMAs, each reading its input from L1. rows[r + i] points at the
+// ring row holding padded input row (oh + r + i) of this block; `off` selects column ow and the channel half.
+// Each output sums bias then its taps in row-major order, like the reference.
+template <int R, int T>
+__attribute__((always_inline)) inline void conv_tile(const float* const* rows, int64_t off, const float* wb, __m256 bv,
+                                                     int64_t kh, int64_t kw, __m256 (&acc)[R][T]) {
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
-            for (int o = 0; o < T; ++o) acc[o] = _mm256_fmadd_ps(_mm256_loadu_ps(in + (o + j) * CB), wv, acc[o]);
-          }
-        }
-        float* yt = yrow + ow * g.C + half * 8;
+    for (int o = 0; o < T; ++o) acc[r][o] = bv;
+  for (int64_t i = 0; i < kh; ++i) {
+    const float* wi = wb + i * kw * CB;
+    const float* in0 = rows[i] + off;
+    const float* in1 = rows[i + R - 1] + off;
+    for (int64_t j = 0; j < kw; ++j) {
+      const __m256 wv = _mm256_load_ps(wi + j * CB);
 #pragma GCC unroll 8
-        for (int o = 0; o < T; ++o)  // constant indices keep acc[] in registers
-          if (o < nw) store8(yt + o * g.C, acc[o], nc - half * 8);
+      for (int o = 0; o < T; ++o) acc[0][o] = _mm256_fmadd_ps(_mm256_load_ps(in0 + (o + j) * 8), wv, acc[0][o]);
+      if constexpr (R == 2) {
+#pragma GCC unroll 8
+        for (int o = 0; o < T; ++o) acc[R - 1][o] = _mm256_fmadd_ps(_mm256_load_ps(in1 + (o + j) * 8), wv, acc[R - 1][o]);
       }
     }
   }
 }
 
-// y = depthwise(x, w [+ bias]), w flipped when `flip`; used by forward and by dx. Tasks are (channel
-// block, image) pairs, block-major, so a thread packs a block's weights once for all its images.
-void run_conv(const Geom& g, const float* x, const float* w, bool flip, const float* bias, float* y) {
-  parallel_for(g.nblk * g.B, 1, [&](int64_t t0, int64_t t1) {
-    Scratch pad(static_cast<size_t>(g.Hp * g.cols * CB));
-    Scratch wb(static_cast<size_t>(g.kh * g.kw * CB));
-    alignas(32) float b16[CB];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t blk = t / g.B, b = t % g.B, c0 = blk * CB;
-      if (t == t0 || b == 0) {
-        pack_block(g, w, blk, flip, wb.get());
-        for (int64_t c = 0; c < CB; ++c) b16[c] = (bias && c0 + c < g.C) ? bias[c0 + c] : 0.0f;
+// Output rows [oh, oh + R) of channel block `c0`: rows[0 .. kh + R - 1) point at the ring rows holding
+// padded input rows oh .. oh + kh + R - 2 of the block ([half][..][cols][8], halves hs floats apart),
+// in tiles of T = 7 pixels. (Measured: storing both halves of a tile back to back as whole streamed
+// 64-byte lines for large outputs was 5-9% slower.)
+template <int R, int T>
+__attribute__((noinline)) void conv_rows(const Geom& g, const float* const* rows, int64_t hs, const float* wb,
+                                         const float* bias16, float* y, int64_t b, int64_t oh, int64_t c0) {
+  const int64_t nc = std::min(CB, g.C - c0);
+  for (int64_t half = 0; half * 8 < nc; ++half) {
+    const __m256 bv = _mm256_load_ps(bias16 + half * 8);
+    for (int64_t ow = 0; ow < g.W; ow += T) {
+      const int64_t nw = std::min<int64_t>(T, g.W - ow);
+      __m256 acc[R][T];
+      conv_tile<R, T>(rows, ow * 8 + half * hs, wb + half * 8, bv, g.kh, g.kw, acc);
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) {
+        float* yt = y + ((b * g.H + oh + r) * g.W + ow) * g.C + c0 + half * 8;
+#pragma GCC unroll 8
+        for (int o = 0; o < T; ++o)  // constant indices keep acc[] in registers
+          if (o < nw) store8(yt + o * g.C, acc[r][o], nc - half * 8);
       }
-      load_block(g, x, b, c0, pad.get(), g.Hp, g.cols, g.ph, g.pw);
-      if (g.tw == 8) conv_block<8>(g, pad.get(), wb.get(), b16, y, b, c0);
-      else conv_block<7>(g, pad.get(), wb.get(), b16, y, b, c0);
+    }
+  }
+}
+
+// Channel blocks per task: as many as keep the task's rings within ~256 KiB (L2), so each input row is
+// read as one contiguous run of all the group's channels; fewer when that would leave under 4 tasks
+// per thread. Groups are then evened out (e.g. 40 blocks in 3 groups of 14, 13, 13, not 16, 16, 8).
+int64_t group_blocks(const Geom& g, int64_t ring_floats) {
+  int64_t G = std::max<int64_t>(1, (int64_t(256) << 10) / (ring_floats * int64_t(sizeof(float))));
+  G = std::min(G, g.nblk);
+  while (G > 1 && (g.nblk + G - 1) / G * g.B < 4 * num_threads()) G = (G + 1) / 2;
+  const int64_t ngrp = (g.nblk + G - 1) / G;
+  return (g.nblk + ngrp - 1) / ngrp;
+}
+
+// y = depthwise(x, w [+ bias]), w flipped when `flip`; used by forward and by dx. Tasks are (group of
+// channel blocks, image) pairs, group-major, so a thread packs a group's weights once for its images.
+// Each block keeps a ring of kh + 1 padded input rows [cols][16] (31 KiB at 56 columns: L1/L2), filled
+// one input row at a time as the output rows advance (input read in row order, all of the group's
+// channels at once), so no whole padded image is ever written.
+void run_conv(const Geom& g, const float* x, const float* w, bool flip, const float* bias, float* y) {
+  const int64_t RS = g.kh + 1, taps = g.kh * g.kw;
+  const int64_t cols = (g.W + 6) / 7 * 7 + g.kw - 1;  // whole 7-pixel tiles plus the kernel's reach
+  const int64_t hs = RS * cols * 8, plane = 2 * hs;      // one block's ring: [half][RS][cols][8]
+  const int64_t G = group_blocks(g, plane), ngrp = (g.nblk + G - 1) / G;
+  parallel_for(ngrp * g.B, 1, [&](int64_t t0, int64_t t1) {
+    Scratch ring(static_cast<size_t>(G * plane));
+    Scratch wb(static_cast<size_t>(G * taps * CB));
+    Scratch b16(static_cast<size_t>(G * CB));
+    std::vector<const float*> rows(static_cast<size_t>(g.kh + 1));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t grp = t / g.B, b = t % g.B, blk0 = grp * G, nb = std::min(G, g.nblk - blk0);
+      const int64_t cg0 = blk0 * CB, ncg = std::min(nb * CB, g.C - cg0);  // the group's channels
+      if (t == t0 || b == 0) {
+        for (int64_t k = 0; k < nb; ++k) pack_block(g, w, blk0 + k, flip, wb.get() + k * taps * CB);
+        for (int64_t c = 0; c < nb * CB; ++c) b16.get()[c] = (bias && c < ncg) ? bias[cg0 + c] : 0.0f;
+      }
+      // Column borders, the tile tail and channels beyond C stay zero; row slots are refilled below.
+      std::memset(ring.get(), 0, sizeof(float) * static_cast<size_t>(nb * plane));
+      auto fill = [&](int64_t r) {  // padded row r -> slot r % RS of every block
+        const int64_t h = r - g.ph;
+        for (int64_t k = 0; k < nb; ++k) {
+          float* d0 = ring.get() + k * plane + (r % RS) * cols * 8 + g.pw * 8;
+          float* d1 = d0 + hs;
+          if (h < 0 || h >= g.H) {
+            std::memset(d0, 0, sizeof(float) * static_cast<size_t>(g.W * 8));
+            std::memset(d1, 0, sizeof(float) * static_cast<size_t>(g.W * 8));
+            continue;
+          }
+          const float* s = x + ((b * g.H + h) * g.W) * g.C + cg0 + k * CB;
+          const int64_t nc = std::min(CB, ncg - k * CB);
+          if (nc == CB) {
+            for (int64_t q = 0; q < g.W; ++q) {
+              _mm256_store_ps(d0 + q * 8, _mm256_loadu_ps(s + q * g.C));
+              _mm256_store_ps(d1 + q * 8, _mm256_loadu_ps(s + q * g.C + 8));
+            }
+          } else {
+            const size_t n0 = sizeof(float) * static_cast<size_t>(std::min<int64_t>(8, nc));
+            const size_t n1 = sizeof(float) * static_cast<size_t>(std::max<int64_t>(0, nc - 8));
+            for (int64_t q = 0; q < g.W; ++q) {
+              std::memcpy(d0 + q * 8, s + q * g.C, n0);
+              if (n1) std::memcpy(d1 + q * 8, s + q * g.C + 8, n1);
+            }
+          }
+        }
+      };
+      // Input rows the next output rows will need (the group's channels of each pixel are 1-4 cache
+      // lines, a pixel's stride apart: the hardware prefetchers miss them at large batches).
+      auto prefetch = [&](int64_t bb, int64_t h) {
+        if (h < 0 || h >= g.H || bb >= g.B) return;
+        const char* s = reinterpret_cast<const char*>(x + ((bb * g.H + h) * g.W) * g.C + cg0);
+        for (int64_t q = 0; q < g.W; ++q)
+          for (int64_t c = 0; c < ncg; c += CB) _mm_prefetch(s + (q * g.C + c) * 4, _MM_HINT_T0);
+      };
+      int64_t filled = 0;  // padded rows [0, filled) have been written
+      for (int64_t oh = 0; oh < g.H; oh += 2) {
+        const int64_t R = std::min<int64_t>(2, g.H - oh);
+        for (; filled < oh + g.kh + R - 1; ++filled) fill(filled);
+        for (int64_t r = filled; r < filled + 2; ++r) {
+          if (r - g.ph < g.H) prefetch(b, r - g.ph);
+          else if (t + 1 < t1) prefetch(b + 1, r - g.ph - g.H);  // the next task's first rows
+        }
+        for (int64_t k = 0; k < nb; ++k) {
+          for (int64_t i = 0; i < g.kh + R - 1; ++i)
+            rows[static_cast<size_t>(i)] = ring.get() + k * plane + ((oh + i) % RS) * cols * 8;
+          const float* wk = wb.get() + k * taps * CB;
+          const float* bk = b16.get() + k * CB;
+          const int64_t c0 = cg0 + k * CB;
+          if (R == 2) conv_rows<2, 7>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
+          else conv_rows<1, 7>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
+        }
+      }
     }
   });
 }

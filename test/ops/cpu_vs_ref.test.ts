@@ -193,6 +193,12 @@ function cases(): Case[] {
     [1, 12, 10, 19, 9, true], [2, 5, 6, 7, 11, false]] as const) {
     dwconv(B, H, W, C, k, bias);
   }
+  // Depthwise forward tasks over groups of channel blocks: several blocks per group with a partial last
+  // block (72 and 200 channels), groups of unequal size (13 blocks in 7 + 6), odd heights (the 1-row
+  // tail of the 2-row tiles) and widths that are not whole 7-pixel tiles.
+  for (const [B, H, W, C, k, bias] of [[8, 7, 14, 72, 7, true], [5, 9, 23, 200, 5, false], [4, 15, 8, 48, 7, false]] as const) {
+    dwconv(B, H, W, C, k, bias);
+  }
   // Cross-entropy: int64 class ids with smoothing at ImageNet width, and soft targets that are not uniform.
   {
     const z = rnd([6, 1000], 4), ids = Tensor.from(BigInt64Array.from({ length: 6 }, (_, i) => BigInt((i * 331) % 1000)), [6]);
