@@ -177,9 +177,9 @@ int64_t group_blocks(const Geom& g, int64_t ring_floats) {
 
 // y = depthwise(x, w [+ bias]), w flipped when `flip`; used by forward and by dx. Tasks are (group of
 // channel blocks, image) pairs, group-major, so a thread packs a group's weights once for its images.
-// Each block keeps a ring of kh + 1 padded input rows [cols][16] (31 KiB at 56 columns: L1/L2), filled
-// one input row at a time as the output rows advance (input read in row order, all of the group's
-// channels at once), so no whole padded image is ever written.
+// Each block keeps a ring of kh + 1 padded input rows, [channel half][slot][cols][8] (31 KiB at 56
+// columns), filled one input row at a time as the output rows advance (input read in row order, all
+// of the group's channels at once), so no whole padded image is ever written.
 void run_conv(const Geom& g, const float* x, const float* w, bool flip, const float* bias, float* y) {
   const int64_t RS = g.kh + 1, taps = g.kh * g.kw;
   const int64_t cols = (g.W + 6) / 7 * 7 + g.kw - 1;  // whole 7-pixel tiles plus the kernel's reach
