@@ -181,6 +181,7 @@ int64_t group_blocks(const Geom& g, int64_t ring_floats) {
 // columns), filled one input row at a time as the output rows advance (input read in row order, all
 // of the group's channels at once), so no whole padded image is ever written.
 void run_conv(const Geom& g, const float* x, const float* w, bool flip, const float* bias, float* y) {
+  if (g.B * g.H * g.W * g.C == 0) return;  // an empty output (and no channel blocks to group)
   const int64_t RS = g.kh + 1, taps = g.kh * g.kw;
   const int64_t cols = (g.W + 6) / 7 * 7 + g.kw - 1;  // whole 7-pixel tiles plus the kernel's reach
   const int64_t hs = RS * cols * 8, plane = 2 * hs;      // one block's ring: [half][RS][cols][8]

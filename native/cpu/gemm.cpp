@@ -277,9 +277,20 @@ const void* cached_weight_copy(const GemmShape& s, const float* B, const Entry& 
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
   if (s.M == 0 || s.N == 0) return;
-  if (s.K == 0) {  // empty reduction: C = 0 (+ bias), or unchanged when accumulating
-    if (s.accumulate && !s.bias) return;
-    throw Error(ErrorKind::range, "gemm: K = 0 is only supported when accumulating without bias");
+  if (s.K == 0) {  // empty reduction: every entry is act(0 [+ bias]); accumulated onto C or written
+    for (int64_t b0 = 0; b0 < s.batch[0]; ++b0)
+      for (int64_t b1 = 0; b1 < s.batch[1]; ++b1)
+        for (int64_t m = 0; m < s.M; ++m)
+          for (int64_t n = 0; n < s.N; ++n) {
+            float v = s.bias && bias ? bias[n] : 0.0f;
+            if (s.act != 0) {
+              v = v > 0.0f ? v * v : 0.0f;
+              if (s.act == 1) v = s.act_s * v + s.act_b;
+            }
+            float& c = C[b0 * s.c_b[0] + b1 * s.c_b[1] + m * s.c_m + n * s.c_n];
+            c = s.accumulate ? c + v : v;
+          }
+    return;
   }
   Precision p = gemm_precision();
   if (p == Precision::f32 && own_gemm_applies(s)) {

@@ -41,7 +41,7 @@ void scale_add_bwd(const OpArgs& a) {
 template <typename T>
 void mean_hw_fwd(const OpArgs& a) {
   const TensorView& x = a.in[0];  // [B, ..., C]
-  int64_t B = x.shape[0], C = x.dim(-1), N = x.numel() / (B * C);
+  int64_t B = x.shape[0], C = x.dim(-1), N = x.numel() / std::max<int64_t>(1, B * C);
   const T* X = ptr<T>(x);
   T* Y = ptr<T>(a.out[0]);
   for (int64_t b = 0; b < B; ++b)
@@ -55,7 +55,7 @@ void mean_hw_fwd(const OpArgs& a) {
 template <typename T>
 void mean_hw_bwd(const OpArgs& a) {
   const TensorView &dy = a.in[0], &dx = a.out[0];
-  int64_t B = dx.shape[0], C = dx.dim(-1), N = dx.numel() / (B * C);
+  int64_t B = dx.shape[0], C = dx.dim(-1), N = dx.numel() / std::max<int64_t>(1, B * C);
   const T* DY = ptr<T>(dy);
   T* DX = ptr<T>(dx);
   for (int64_t b = 0; b < B; ++b)

@@ -195,8 +195,10 @@ function cases(): Case[] {
   }
   // Depthwise forward tasks over groups of channel blocks: several blocks per group with a partial last
   // block (72 and 200 channels), groups of unequal size (13 blocks in 7 + 6), odd heights (the 1-row
-  // tail of the 2-row tiles) and widths that are not whole 7-pixel tiles.
-  for (const [B, H, W, C, k, bias] of [[8, 7, 14, 72, 7, true], [5, 9, 23, 200, 5, false], [4, 15, 8, 48, 7, false]] as const) {
+  // tail of the 2-row tiles) and widths that are not whole 7-pixel tiles; then empty tensors (no
+  // channels, no images, no rows, no columns).
+  for (const [B, H, W, C, k, bias] of [[8, 7, 14, 72, 7, true], [5, 9, 23, 200, 5, false], [4, 15, 8, 48, 7, false],
+    [1, 4, 4, 0, 7, false], [0, 4, 4, 8, 7, true], [1, 0, 4, 8, 7, false], [1, 4, 0, 8, 3, true]] as const) {
     dwconv(B, H, W, C, k, bias);
   }
   // Cross-entropy: int64 class ids with smoothing at ImageNet width, and soft targets that are not uniform.
