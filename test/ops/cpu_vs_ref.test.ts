@@ -96,11 +96,11 @@ function cases(): Case[] {
       { ins: [x, w, b], outs: [nanOut([B, Ho, Wo, Co])], attrs: [s, p, nchw] },
       { ins: [rnd([B, Ho, Wo, Co]), x, w], outs: [nanOut([...x.shape]), accOut([Co, Ci, k, k]), accOut([Co])], attrs: [s, p, nchw] });
   }
-  const dwconv = (B: number, H: number, W: number, C: number, k: number, bias: boolean) => {
-    const x = rnd([B, H, W, C]), w = rnd([C, 1, k, k]), b = bias ? rnd([C]) : null;
-    both(`dwconv2d [${B},${H},${W},${C}] k${k}${bias ? ' bias' : ''}`, 'dwconv2d',
+  const dwconv = (B: number, H: number, W: number, C: number, k: number, bias: boolean, kw = k) => {
+    const x = rnd([B, H, W, C]), w = rnd([C, 1, k, kw]), b = bias ? rnd([C]) : null;
+    both(`dwconv2d [${B},${H},${W},${C}] k${k}${kw !== k ? `x${kw}` : ''}${bias ? ' bias' : ''}`, 'dwconv2d',
       { ins: [x, w, b], outs: [nanOut([B, H, W, C])], attrs: [] },
-      { ins: [rnd([B, H, W, C]), x, w], outs: [nanOut([B, H, W, C]), accOut([C, 1, k, k]), bias ? accOut([C]) : null], attrs: [] });
+      { ins: [rnd([B, H, W, C]), x, w], outs: [nanOut([B, H, W, C]), accOut([C, 1, k, kw]), bias ? accOut([C]) : null], attrs: [] });
   };
   for (const [B, H, W, C, k, bias] of [[1, 1, 1, 1, 7, false], [2, 3, 2, 8, 7, true], [1, 7, 5, 17, 7, false],
     [2, 13, 9, 33, 7, true], [1, 14, 14, 128, 7, false], [1, 6, 7, 16, 3, true], [1, 5, 4, 9, 5, false]] as const) {
@@ -201,6 +201,9 @@ function cases(): Case[] {
     [1, 4, 4, 0, 7, false], [0, 4, 4, 8, 7, true], [1, 0, 4, 8, 7, false], [1, 4, 0, 8, 3, true]] as const) {
     dwconv(B, H, W, C, k, bias);
   }
+  // Rectangular kernels (the row ring holds kh + 1 rows, the columns are padded by kw / 2).
+  dwconv(2, 9, 9, 20, 3, true, 7);
+  dwconv(3, 10, 13, 33, 7, false, 3);
   // Cross-entropy: int64 class ids with smoothing at ImageNet width, and soft targets that are not uniform.
   {
     const z = rnd([6, 1000], 4), ids = Tensor.from(BigInt64Array.from({ length: 6 }, (_, i) => BigInt((i * 331) % 1000)), [6]);
