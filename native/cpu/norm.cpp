@@ -40,15 +40,17 @@ float row_sqdev(const float* x, int64_t C, float mean) {
   return hsum(s);
 }
 
-// y = (x - mean) * rstd * w + b over one row of C.
-void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, const float* w, const float* b) {
+// y = (x - mean) * rstd * w + b over one row of C; `stream`: non-temporal stores (y 32-byte aligned).
+void row_normalize(const float* x, float* y, int64_t C, float mean, float rstd, const float* w, const float* b,
+                   bool stream = false) {
   __m256 m = _mm256_set1_ps(mean), r = _mm256_set1_ps(rstd);
   int64_t c = 0;
   for (; c + 8 <= C; c += 8) {
     __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), m), r);
     if (w) v = _mm256_mul_ps(v, _mm256_loadu_ps(w + c));
     if (b) v = _mm256_add_ps(v, _mm256_loadu_ps(b + c));
-    _mm256_storeu_ps(y + c, v);
+    if (stream) _mm256_stream_ps(y + c, v);
+    else _mm256_storeu_ps(y + c, v);
   }
   for (; c < C; ++c) {
     float v = (x[c] - mean) * rstd;
@@ -244,20 +246,25 @@ void layernorm_fwd(const OpArgs& a) {
   const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
   if (g.rows_per_group == 1) {  // LayerNorm over channels: statistics and normalisation in one pass per row
     double eps = a.attr[0];
+    // An output of 8 MiB or more is not read back from the caches by the next op anyway: whole
+    // 64-byte lines are streamed to memory without being read first.
+    const bool stream = g.R * g.C >= (int64_t(2) << 20) && g.C % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 64 == 0;
     // Rows in blocks of 8 whose statistics are formed together (rows8_stats); the rest one at a time.
     parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
       int64_t r = r0;
       for (; r + 8 <= r1; r += 8) {
         rows8_stats(X + r * g.C, g.C, static_cast<double>(g.G), eps, mean + r, rstd + r);
-        for (int64_t q = 0; q < 8; ++q) row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mean[r + q], rstd[r + q], W, B);
+        for (int64_t q = 0; q < 8; ++q)
+          row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mean[r + q], rstd[r + q], W, B, stream);
       }
       for (; r < r1; ++r) {
         const float mu = static_cast<float>(static_cast<double>(row_sum(X + r * g.C, g.C)) / static_cast<double>(g.G));
         const double v = row_sqdev(X + r * g.C, g.C, mu);
         mean[r] = mu;
         rstd[r] = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
-        row_normalize(X + r * g.C, Y + r * g.C, g.C, mu, rstd[r], W, B);
+        row_normalize(X + r * g.C, Y + r * g.C, g.C, mu, rstd[r], W, B, stream);
       }
+      if (stream) _mm_sfence();  // the streamed rows are visible before the region ends
     });
     return;
   }

@@ -233,6 +233,8 @@ function cases(): Case[] {
       if (o) out.push({ ...c, name: `${c.name} only output ${i}`, outs: c.outs.map((q, j) => (j === i ? q : null)) });
     });
   }
+  // Layer norm over channels with an output of 8 MiB or more (2^21 elements: streamed stores).
+  layernorm(1, 257, 128, 64, 'c', true, true);
   return out;
 }
 
