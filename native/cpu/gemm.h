@@ -42,8 +42,8 @@ struct GemmShape {
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias = nullptr);
 
 // The own float32 GEMM (sgemm.cpp): whether it takes this product (a CPU without AVX-512; no batch,
-// A and C row-major, M >= 128 rows, N >= 96 columns, B of at most 2^19 floats, enough rows or
-// columns per thread, ...), and the product itself. gemm() calls it for float32 when it applies.
+// A and C row-major, M >= 128 rows, N >= 96 columns (64 when A is large and streamed), B of at most
+// 2^19 floats, enough rows or columns per thread, ...), and the product itself. gemm() calls it for float32 when it applies.
 bool own_gemm_applies(const GemmShape& s);
 void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias);
 

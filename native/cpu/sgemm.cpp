@@ -16,7 +16,9 @@
 // (row-major), broadcast one element at a time; K blocks of up to 384 keep a panel (24 KiB) in L1
 // and a block of A in L2. Tall products (>= 512 rows, >= 4 row blocks per thread) pack B once and
 // give each thread a range of 96-row blocks; shorter ones give each thread a range of panels, which
-// it packs and multiplies with all rows.
+// it packs and multiplies with all rows. When A is large (>= 8 MiB, one K block, rows contiguous: it
+// comes from memory), each row block's tiles prefetch the next block into L2; with that, outputs of
+// 64 columns (4 panels) run here too (oneDNN kept them below 100 GFLOP/s at batch 32).
 #include <algorithm>
 #include <atomic>
 
@@ -28,7 +30,8 @@ namespace {
 
 constexpr int64_t kMinRows = 128;    // below: oneDNN (faster at 49 rows: it reads the weights while it computes)
 constexpr int64_t kSplitRows = 512;  // from here threads split the rows, below the columns
-constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster
+constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) measured no faster, except
+                                     // when A is streamed from memory (streams_a)
 // Larger B (K x N floats; 2 MiB) stay on oneDNN, whose blocking kept 1.2-1.35x ahead there (K, N =
 // 512 x 2048, 2048 x 512, 1024 x 1024); every MetaFormer GEMM of stages 1-3 is below.
 constexpr int64_t kMaxPacked = int64_t{1} << 19;
@@ -122,10 +125,19 @@ __attribute__((always_inline)) inline void tile(int64_t kc, const float* A, int6
 }
 
 // Rows [m0, m1) of one panel: 6-row tiles, then the remainder.
+// PF: pf_step bytes from pf on are prefetched into L2 before each 6-row tile (the next row block). A
+// separate instantiation: the prefetch loop next to the tile changed the tile's code (8% slower).
+template <bool PF>
 void panel_rows(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
-                int64_t ldc, int nc, const Epilogue& e) {
+                int64_t ldc, int nc, const Epilogue& e, const char* pf, int64_t pf_step) {
   int64_t m = m0;
-  for (; m + 6 <= m1; m += 6) tile<6>(kc, A + m * lda, lda, Bp, C + m * ldc, ldc, nc, e);
+  for (; m + 6 <= m1; m += 6) {
+    if constexpr (PF) {
+      for (int64_t i = 0; i < pf_step; i += 64) _mm_prefetch(pf + i, _MM_HINT_T1);
+      pf += pf_step;
+    }
+    tile<6>(kc, A + m * lda, lda, Bp, C + m * ldc, ldc, nc, e);
+  }
   const float* a = A + m * lda;
   float* c = C + m * ldc;
   switch (m1 - m) {
@@ -183,6 +195,10 @@ void pack_panel(const float* B, int64_t b_k, int64_t b_n, int64_t k0, int64_t kc
 // columns.
 bool split_rows(const GemmShape& s) { return s.M >= kSplitRows && (s.M + MC - 1) / MC >= 4 * num_threads(); }
 
+// A comes from memory as one stream (rows contiguous, one K block, at least 8 MiB): the next row
+// block is prefetched while the current one runs (RESULTS.md log 24).
+bool streams_a(const GemmShape& s) { return s.K <= KC && s.a_m == s.K && s.M * s.K * 4 >= kStreamBytes; }
+
 std::atomic<int> g_policy{static_cast<int>(GemmPolicy::automatic)};
 
 }  // namespace
@@ -198,7 +214,9 @@ bool own_gemm_applies(const GemmShape& s) {
   if (policy == GemmPolicy::own) return true;
   // On CPUs with AVX-512, oneDNN's kernels use twice our vector width: they stay.
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 || s.M < kMinRows || s.N < kMinCols || s.K * s.N > kMaxPacked) return false;
+  if (avx512 || s.M < kMinRows || s.K * s.N > kMaxPacked) return false;
+  // Narrow outputs (N = 64: 4 panels) only with A streamed and prefetched (1.3-1.5x oneDNN there).
+  if (s.N < kMinCols && !(s.N >= 64 && streams_a(s) && split_rows(s))) return false;
   // Enough work units per thread for one of the two splits to balance (measured on 2 cores only;
   // with many threads and few rows and columns, oneDNN's two-dimensional partitioning stays).
   return split_rows(s) || (s.N + 15) / 16 >= 2 * num_threads();
@@ -216,15 +234,24 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   };
   const bool aligned = (reinterpret_cast<uintptr_t>(C) % 32 == 0) && (s.c_m % 8 == 0);
   const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
+  // While a row block runs, the next one is prefetched into L2, spread over its tiles and panels.
+  const bool prefetch_a = streams_a(s);
   // Rows [m0, m1) x panels [p0, p1) for K block kb, in row blocks of mc.
   auto compute = [&](int64_t kb, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t mc) {
     int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
     for (int64_t r0 = m0; r0 < m1; r0 += mc) {
       int64_t r1 = std::min(m1, r0 + mc);
+      // The next block's bytes, spread over the (panels x 6-row tiles) of this one.
+      const int64_t next_bytes = prefetch_a ? std::min(mc, M - r1) * K * 4 : 0;
+      const int64_t tiles = (p1 - p0) * ((r1 - r0) / 6);
+      const int64_t step = tiles > 0 && next_bytes > 0 ? (next_bytes / tiles + 63) / 64 * 64 : 0;
+      const char* pf = reinterpret_cast<const char*>(A + r1 * s.a_m);
       for (int64_t p = p0; p < p1; ++p) {
         int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
         Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1, stream};
-        panel_rows(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e);
+        if (step > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e, pf, step);
+        else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e, nullptr, 0);
+        pf += step * ((r1 - r0) / 6);
       }
     }
   };

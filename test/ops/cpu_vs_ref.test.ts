@@ -235,6 +235,21 @@ function cases(): Case[] {
   }
   // Layer norm over channels with an output of 8 MiB or more (2^21 elements: streamed stores).
   layernorm(1, 257, 128, 64, 'c', true, true);
+  // The own GEMM with A of 8 MiB or more (the next row block prefetched; 64-column outputs taken in
+  // 'auto' too): a partial last row block and row tile, N = 64 and a column tail, bias, both
+  // activations, accumulation.
+  {
+    const [M, K] = [8209, 256];
+    const x = rnd([M, K]), w = rnd([64, K]), b = rnd([64]);
+    both(`linear (own gemm, A streamed) M${M} K${K} N64 bias`, 'linear',
+      { ins: [x, w, b], outs: [nanOut([M, 64])], attrs: [] },
+      { ins: [rnd([M, 64]), x, w], outs: [nanOut([M, K]), accOut([64, K]), accOut([64])], attrs: [] });
+    for (const [N, act, acc] of [[70, 1, 0], [64, 2, 0], [64, 0, 1]] as const) {
+      const w2 = rnd([N, K]), b2 = rnd([N]), s2 = rnd([1]), sb2 = rnd([1]);
+      out.push({ name: `fused_linear (own gemm, A streamed) M${M} K${K} N${N} act${act} acc${acc}`, op: 'fused_linear', dir: 0,
+        ins: [x, w2, b2, act === 1 ? s2 : null, act === 1 ? sb2 : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });
+    }
+  }
   return out;
 }
 
