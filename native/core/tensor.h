@@ -33,8 +33,9 @@ struct TensorView {
   }
   // Size of dimension i; negative i counts from the end.
   int64_t dim(int i) const { return shape[i < 0 ? ndim + i : i]; }
-  // Product of all dimensions but the last: the "rows" of a channels-last activation.
-  int64_t rows() const {  // the product of all dims but the last (also when the last is 0)
+  // Product of all dimensions but the last: the "rows" of a channels-last activation (also when the
+  // last dimension is 0).
+  int64_t rows() const {
     int64_t r = 1;
     for (int i = 0; i + 1 < ndim; ++i) r *= shape[i];
     return r;

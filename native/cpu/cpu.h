@@ -27,6 +27,11 @@ class Scratch {
   float* p_;
 };
 
+// Outputs (or streamed inputs) at least this large are not read back from the caches by the next op:
+// kernels write them with non-temporal stores (whole 64-byte lines, no read for ownership) and the
+// own GEMM prefetches such an A ahead (sgemm.cpp, norm.cpp).
+constexpr int64_t kStreamBytes = int64_t{8} << 20;
+
 // db[n] += sum_m dy[m, n]   (dy [M, N] row-major)
 void col_sum_accumulate(const float* dy, int64_t M, int64_t N, float* db);
 

@@ -1,11 +1,11 @@
 // cpu/dwconv.cpp: depthwise convolution, channels-last, stride 1, padding k/2, AVX2 + FMA.
 //
-// Channels are handled in 16-channel blocks (two AVX2 vectors), each block's input copied into a
-// zero-padded [rows][W padded to whole tiles + kw - 1][16] layout so the inner loops have no bounds checks.
-//   forward:  y = conv(x, w) + b. Tasks are (group of up to 4 blocks, image); each block keeps a ring of
-//             kh + 1 padded rows, refilled one input row at a time, and outputs are computed in register
-//             tiles of 2 rows x 7 pixels x 8 channels (14 accumulators): per tap one weight vector
-//             and 14 FMAs reading their inputs from L1.
+// Channels are handled in 16-channel blocks (two AVX2 vectors), each block's input copied into
+// zero-padded rows (W padded to whole tiles + kw - 1) so the inner loops have no bounds checks.
+//   forward:  y = conv(x, w) + b. Tasks are (group of blocks, image), a group's row rings within 256
+//             KiB; each block keeps a ring of kh + 1 padded rows, refilled one input row at a time, and
+//             outputs are computed in register tiles of 2 rows x 7 pixels x 8 channels (14
+//             accumulators): per tap one weight vector and 14 FMAs reading their inputs from L1.
 //   dx:       conv(dy, w flipped in both axes)  (the same kernel)
 //   dw[c,i,j] += sum_{b,h,w} dy[b,h,w,c] x[b,h-ph+i,w-pw+j,c]: one task per block over all images (a
 //             whole padded image per block), up to 7 taps of a kernel row at a time in registers, a
@@ -141,7 +141,7 @@ __attribute__((always_inline)) inline void conv_tile(const float* const* rows, i
 
 // Output rows [oh, oh + R) of channel block `c0`: rows[0 .. kh + R - 1) point at the ring rows holding
 // padded input rows oh .. oh + kh + R - 2 of the block ([half][..][cols][8], halves hs floats apart),
-// in tiles of T = 7 pixels. (Measured: storing both halves of a tile back to back as whole streamed
+// in tiles of T pixels. (Measured: storing both halves of a tile back to back as whole streamed
 // 64-byte lines for large outputs was 5-9% slower.)
 template <int R, int T>
 __attribute__((noinline)) void conv_rows(const Geom& g, const float* const* rows, int64_t hs, const float* wb,
@@ -164,6 +164,8 @@ __attribute__((noinline)) void conv_rows(const Geom& g, const float* const* rows
   }
 }
 
+constexpr int64_t kTileW = 7;  // output pixels per forward register tile
+
 // Channel blocks per task: as many as keep the task's rings within ~256 KiB (L2), so each input row is
 // read as one contiguous run of all the group's channels; fewer when that would leave under 4 tasks
 // per thread. Groups are then evened out (e.g. 40 blocks in 3 groups of 14, 13, 13, not 16, 16, 8).
@@ -183,7 +185,7 @@ int64_t group_blocks(const Geom& g, int64_t ring_floats) {
 void run_conv(const Geom& g, const float* x, const float* w, bool flip, const float* bias, float* y) {
   if (g.B * g.H * g.W * g.C == 0) return;  // an empty output (and no channel blocks to group)
   const int64_t RS = g.kh + 1, taps = g.kh * g.kw;
-  const int64_t cols = (g.W + 6) / 7 * 7 + g.kw - 1;  // whole 7-pixel tiles plus the kernel's reach
+  const int64_t cols = (g.W + kTileW - 1) / kTileW * kTileW + g.kw - 1;  // whole tiles plus the kernel's reach
   const int64_t hs = RS * cols * 8, plane = 2 * hs;      // one block's ring: [half][RS][cols][8]
   const int64_t G = group_blocks(g, plane), ngrp = (g.nblk + G - 1) / G;
   parallel_for(ngrp * g.B, 1, [&](int64_t t0, int64_t t1) {
@@ -249,8 +251,8 @@ void run_conv(const Geom& g, const float* x, const float* w, bool flip, const fl
           const float* wk = wb.get() + k * taps * CB;
           const float* bk = b16.get() + k * CB;
           const int64_t c0 = cg0 + k * CB;
-          if (R == 2) conv_rows<2, 7>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
-          else conv_rows<1, 7>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
+          if (R == 2) conv_rows<2, kTileW>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
+          else conv_rows<1, kTileW>(g, rows.data(), hs, wk, bk, y, b, oh, c0);
         }
       }
     }

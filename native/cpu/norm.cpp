@@ -246,9 +246,8 @@ void layernorm_fwd(const OpArgs& a) {
   const float *W = w.present() ? w.f() : nullptr, *B = b.present() ? b.f() : nullptr;
   if (g.rows_per_group == 1) {  // LayerNorm over channels: statistics and normalisation in one pass per row
     double eps = a.attr[0];
-    // An output of 8 MiB or more is not read back from the caches by the next op anyway: whole
-    // 64-byte lines are streamed to memory without being read first.
-    const bool stream = g.R * g.C >= (int64_t(2) << 20) && g.C % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 64 == 0;
+    // A large output (kStreamBytes) goes to memory in whole 64-byte lines without being read first.
+    const bool stream = g.R * g.C * 4 >= kStreamBytes && g.C % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 64 == 0;
     // Rows in blocks of 8 whose statistics are formed together (rows8_stats); the rest one at a time.
     parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
       int64_t r = r0;

@@ -36,7 +36,6 @@ constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) meas
 // 512 x 2048, 2048 x 512, 1024 x 1024); every MetaFormer GEMM of stages 1-3 is below.
 constexpr int64_t kMaxPacked = int64_t{1} << 19;
 constexpr int64_t KC = 384, MC = 96;  // K block, rows per block (a multiple of 6)
-constexpr int64_t kStreamBytes = 8 << 20;  // C at least this large and written once: streaming stores
 
 struct Epilogue {
   const float* bias;  // of this panel (16 columns), or null

@@ -250,6 +250,12 @@ function cases(): Case[] {
         ins: [x, w2, b2, act === 1 ? s2 : null, act === 1 ? sb2 : null], outs: [acc ? accOut([M, N]) : nanOut([M, N])], attrs: [act, acc] });
     }
   }
+  // An empty reduction (K = 0): act(bias), written or accumulated.
+  for (const [act, acc] of [[1, 0], [2, 1], [0, 0]] as const) {
+    const s3 = rnd([1]), sb3 = rnd([1]);
+    out.push({ name: `fused_linear M5 K0 N7 act${act} acc${acc}`, op: 'fused_linear', dir: 0,
+      ins: [rnd([5, 0]), rnd([7, 0]), rnd([7]), act === 1 ? s3 : null, act === 1 ? sb3 : null], outs: [acc ? accOut([5, 7]) : nanOut([5, 7])], attrs: [act, acc] });
+  }
   return out;
 }
 
