@@ -23,7 +23,7 @@ pin() { if command -v taskset >/dev/null; then taskset -c "$CORES" "$@"; else "$
 pin "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/precision.test.ts > "$TMP/vitest.log" 2>&1
 rc=$?
 grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision tests: /' >> "$OUTF"
-[ $rc = 0 ] || grep -E '(×|FAIL)' "$TMP/vitest.log" | head -20 >> "$OUTF"
+[ $rc = 0 ] || grep -E -A3 '(×|FAIL|Error)' "$TMP/vitest.log" | head -60 >> "$OUTF"
 pin "$NODE" dist/bench/run.js models --models caformer_s18 --batches 1,16 --precisions float32,bf16 --no-torch --no-ort \
   --rounds 2 --iters 3 --threads "$THREADS" --no-write 2>&1 | grep -E '^(caformer|machine)' >> "$OUTF"
 for b in 1 16; do
