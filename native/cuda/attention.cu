@@ -11,10 +11,12 @@
 // q pre-multiplied by scale * log2(e). The backward is two kernels without atomics (deterministic): dq
 // (which also writes D) and then dk/dv. Other head sizes use direct kernels (correct, not tuned).
 //
-// bf16 precision (core's plan context, forward only, head_dim 32): q, k and v are rounded to bfloat16 as
-// they are loaded and each probability is rounded before it weights v; scores, the softmax and the
-// accumulation stay fp32, as the cpu backend's bf16 mode does with its two matrix products. Other head
-// sizes and the backward ignore the precision (fp32).
+// bf16 precision (core's plan context, forward only, head_dim 32): q, k and v are rounded to bfloat16 and
+// each probability is rounded before it weights v; scores, the softmax and the accumulation stay fp32, as
+// the cpu backend's bf16 mode does with its two matrix products. From compute capability 8.0 both products
+// run on the tensor cores (attn32_fwd_tc_kernel: mma.sync m16n8k16, the probabilities never leave
+// registers); older GPUs round the operands in the fp32 kernel. Other head sizes and the backward ignore
+// the precision (fp32).
 #include <cmath>
 
 #include "../core/numeric.h"
@@ -166,6 +168,169 @@ __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restri
   if (active) {
     store_row32(out + (b * g.N + n) * g.A + h * HD, acc, 1.0f / l);
     if (lse) lse[(b * g.heads + h) * g.N + n] = mx * kLn2 + logf(l);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// bf16 forward on the tensor cores (head_dim 32, compute capability 8.0+). A warp owns 16 queries; the 4
+// warps of a block share each staged chunk of 64 keys. Per chunk: S = q k^T (2 k-steps x 8 tiles of 8
+// keys, m16n8k16 with bf16 operands and fp32 accumulators), the online softmax on S's accumulator
+// fragments, then O += P v (4 k-steps of 16 keys x 4 tiles of 8 head-dim columns). An accumulator
+// fragment of two neighbouring key tiles is exactly the A fragment of the next product, so P goes from
+// registers to the tensor cores as it is. Fragment layout (lane = 4 * gr + tig): A regs 0-3 hold
+// (row gr, k 2tig..+1), (gr + 8, 2tig..), (gr, 8 + 2tig..), (gr + 8, 8 + 2tig..); B regs 0-1 hold
+// (k 2tig..+1, col gr), (k 8 + 2tig.., gr); C holds (gr, 2tig), (gr, 2tig + 1), (gr + 8, 2tig), (gr + 8,
+// 2tig + 1). k is staged [key][d] and v transposed [d][key], bf16, their rows padded (20 and 36 words)
+// so that a warp's fragment loads hit 32 different banks.
+constexpr int TC_WARPS = 4;
+constexpr int TC_ROWS = 16 * TC_WARPS;  // queries per block
+constexpr int TC_KEYS = 64;             // keys per chunk
+constexpr int TC_KROW = HD + 8;         // bf16 per staged k row
+constexpr int TC_VROW = TC_KEYS + 8;    // bf16 per staged v^T row
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16);
+}
+
+__device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// c += a b on one 16x8x16 tile.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // attention_fwd launches this kernel from compute capability 8.0 only
+#endif
+}
+
+__global__ void __launch_bounds__(32 * TC_WARPS) attn32_fwd_tc_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
+                                                                      float* __restrict__ out,        // [B, N, A]
+                                                                      float* __restrict__ lse,  // [B, heads, N] or null
+                                                                      Geo g, float qmul) {  // scale * log2(e)
+  __shared__ __align__(16) uint16_t sK[TC_KEYS][TC_KROW];
+  __shared__ __align__(16) uint16_t sVt[HD][TC_VROW];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  const int gr = lane >> 2, tig = lane & 3;
+  const int r0 = static_cast<int>(blockIdx.x) * TC_ROWS + warp * 16;  // the warp's first query
+  const int ra = r0 + gr, rb = ra + 8;                                  // this thread's two rows
+  const float* base = qkv + b * g.N * g.row;
+  const bool active = r0 < g.N;  // the same for the whole warp
+
+  uint32_t qa[2][4];  // q as A fragments, bf16 (the scale goes on the fp32 scores)
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int d = h * HD + kk * 16 + half * 8 + 2 * tig;
+      const float2 z = make_float2(0.0f, 0.0f);
+      const float2 va = ra < g.N ? *reinterpret_cast<const float2*>(base + ra * g.row + d) : z;
+      const float2 vb = rb < g.N ? *reinterpret_cast<const float2*>(base + rb * g.row + d) : z;
+      qa[kk][2 * half] = pack_bf16(va.x, va.y);
+      qa[kk][2 * half + 1] = pack_bf16(vb.x, vb.y);
+    }
+  float o[4][4];
+#pragma unroll
+  for (int jd = 0; jd < 4; ++jd) o[jd][0] = o[jd][1] = o[jd][2] = o[jd][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows ra, rb: running max (log2 units), sum
+
+  for (int k0 = 0; k0 < g.N; k0 += TC_KEYS) {
+    __syncthreads();  // the previous chunk is consumed
+    for (int idx = threadIdx.x; idx < TC_KEYS * (HD / 4); idx += blockDim.x) {
+      const int key = idx / (HD / 4), part = idx % (HD / 4), m = k0 + key;
+      float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;  // zeros past N
+      if (m < g.N) {
+        const float* rowp = base + static_cast<int64_t>(m) * g.row + h * HD + 4 * part;
+        kv = *reinterpret_cast<const float4*>(rowp + g.A);
+        vv = *reinterpret_cast<const float4*>(rowp + 2 * g.A);
+      }
+      *reinterpret_cast<uint2*>(&sK[key][4 * part]) = make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
+      sVt[4 * part][key] = f32_to_bf16(vv.x);
+      sVt[4 * part + 1][key] = f32_to_bf16(vv.y);
+      sVt[4 * part + 2][key] = f32_to_bf16(vv.z);
+      sVt[4 * part + 3][key] = f32_to_bf16(vv.w);
+    }
+    __syncthreads();
+    if (!active) continue;
+
+    float s[8][4];  // scores of 8 tiles of 8 keys
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+      const uint16_t* kr = &sK[8 * j + gr][2 * tig];
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) mma_bf16(s[j], qa[kk], ld32(kr + 16 * kk), ld32(kr + 16 * kk + 8));
+    }
+    const int kn = g.N - k0;  // keys of this chunk that exist (may exceed TC_KEYS)
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool ok = 8 * j + 2 * tig + e < kn;
+        s[j][e] = ok ? s[j][e] * qmul : -INFINITY;
+        s[j][2 + e] = ok ? s[j][2 + e] * qmul : -INFINITY;
+        mx0 = fmaxf(mx0, s[j][e]);
+        mx1 = fmaxf(mx1, s[j][2 + e]);
+      }
+    // a row's 4 threads (same gr) hold its 64 scores between them
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);  // 0 on the first chunk (m = -inf)
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= c0;
+    l1 *= c1;
+#pragma unroll
+    for (int jd = 0; jd < 4; ++jd) {
+      o[jd][0] *= c0;
+      o[jd][1] *= c0;
+      o[jd][2] *= c1;
+      o[jd][3] *= c1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {  // keys 16 kk .. 16 kk + 15: score tiles 2 kk and 2 kk + 1
+      float p[2][4];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        p[t][0] = exp2f(s[2 * kk + t][0] - m0);  // 0 for the keys past N
+        p[t][1] = exp2f(s[2 * kk + t][1] - m0);
+        p[t][2] = exp2f(s[2 * kk + t][2] - m1);
+        p[t][3] = exp2f(s[2 * kk + t][3] - m1);
+      }
+      l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+      l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
+      const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
+                              pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+      for (int jd = 0; jd < 4; ++jd) {
+        const uint16_t* vr = &sVt[8 * jd + gr][16 * kk + 2 * tig];
+        mma_bf16(o[jd], pa, ld32(vr), ld32(vr + 8));
+      }
+    }
+  }
+  if (!active) return;
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+  for (int jd = 0; jd < 4; ++jd) {
+    const int d = h * HD + 8 * jd + 2 * tig;
+    if (ra < g.N) *reinterpret_cast<float2*>(out + (b * g.N + ra) * g.A + d) = make_float2(o[jd][0] * i0, o[jd][1] * i0);
+    if (rb < g.N) *reinterpret_cast<float2*>(out + (b * g.N + rb) * g.A + d) = make_float2(o[jd][2] * i1, o[jd][3] * i1);
+  }
+  if (lse && tig == 0) {
+    if (ra < g.N) lse[(b * g.heads + h) * g.N + ra] = m0 * kLn2 + logf(l0);
+    if (rb < g.N) lse[(b * g.heads + h) * g.N + rb] = m1 * kLn2 + logf(l1);
   }
 }
 
@@ -441,10 +606,13 @@ void attention_fwd(const OpArgs& a) {
   float* L = lse.present() ? lse.f() : nullptr;
   if (hd == HD) {
     Launch l = launch_of(B, g, "attention");
-    if (gemm_precision() == Precision::bf16)
-      attn32_fwd_kernel<true><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
-    else
+    if (gemm_precision() == Precision::f32)
       attn32_fwd_kernel<false><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
+    else if (compute_capability() >= 80)
+      attn32_fwd_tc_kernel<<<dim3(static_cast<unsigned>(ceil_div(g.N, TC_ROWS)), l.grid.y, l.grid.z), 32 * TC_WARPS, 0,
+                             stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
+    else
+      attn32_fwd_kernel<true><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
   } else {
     attn_any_fwd_kernel<<<grid_for(B * g.heads * g.N, 128), 128, 0, stream()>>>(qkv.f(), o.f(), L, B, g, hd, scale);
   }

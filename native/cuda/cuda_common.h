@@ -22,6 +22,8 @@ namespace mf::cuda {
 void after_launch(const char* what);
 cudaStream_t stream();
 int sm_count();
+// The device's compute capability as major * 10 + minor (90 for Hopper).
+int compute_capability();
 
 // Grid size for a grid-stride loop over n items: enough blocks to fill the device, no more.
 inline unsigned grid_for(int64_t n, int threads) {

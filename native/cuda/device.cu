@@ -135,6 +135,11 @@ int sm_count() {
   return state().props.multiProcessorCount;
 }
 
+int compute_capability() {
+  ensure_device();
+  return state().props.major * 10 + state().props.minor;
+}
+
 void synchronize() {
   ensure_device();
   MF_CUDA_CHECK(cudaStreamSynchronize(state().stream));

@@ -494,7 +494,10 @@ void bf16_cases(Result& r) {
     HT x = randn({3, 49, 20}), m = randn({49, 49}, 1.0 / 7.0);
     run_case(bf({"x[3,49,20]", OpId::random_mixing, Dir::forward, {x, m}, {nan_like({3, 49, 20})}, {}}, {0, 1}), r);
   }
-  for (auto s : {std::vector<int64_t>{2, 35, 2}, std::vector<int64_t>{3, 49, 16}, std::vector<int64_t>{1, 197, 10}}) {
+  // (the tensor-core kernel: chunks of 64 keys, 64 queries per block; ends inside and at chunk edges)
+  for (auto s : {std::vector<int64_t>{2, 35, 2}, std::vector<int64_t>{3, 49, 16}, std::vector<int64_t>{1, 197, 10},
+                 std::vector<int64_t>{2, 64, 3}, std::vector<int64_t>{1, 65, 1}, std::vector<int64_t>{2, 130, 2},
+                 std::vector<int64_t>{3, 7, 4}, std::vector<int64_t>{1, 1, 2}}) {
     int64_t B = s[0], N = s[1], heads = s[2], A = heads * 32;
     HT qkv = randn({B, N, 3 * A});
     run_case(bf({"B" + std::to_string(B) + " N" + std::to_string(N) + " heads " + std::to_string(heads) + " hd 32",
@@ -721,14 +724,15 @@ struct DevBuf {
 };
 
 void bench_line(const std::string& kernel, const std::string& shape, int64_t B, const char* dir, double ms,
-                double bytes, double flops) {
+                double bytes, double flops, const char* precision = "fp32") {
   double gbs = bytes / (ms * 1e-3) / 1e9, tfl = flops / (ms * 1e-3) / 1e12;
-  std::printf("BENCH %-10s %-4s %-22s B=%-4lld %9.4f ms %8.1f GB/s %7.2f TFLOP/s\n", kernel.c_str(), dir,
-              shape.c_str(), static_cast<long long>(B), ms, gbs, tfl);
+  std::printf("BENCH %-10s %-4s %-4s %-22s B=%-4lld %9.4f ms %8.1f GB/s %7.2f TFLOP/s\n", kernel.c_str(), dir,
+              precision, shape.c_str(), static_cast<long long>(B), ms, gbs, tfl);
   char buf[512];
   std::snprintf(buf, sizeof buf,
-                "{\"bench\":\"%s\",\"dir\":\"%s\",\"shape\":\"%s\",\"batch\":%lld,\"ms\":%.6f,\"gbps\":%.3f,\"tflops\":%.4f}",
-                kernel.c_str(), dir, shape.c_str(), static_cast<long long>(B), ms, gbs, tfl);
+                "{\"bench\":\"%s\",\"dir\":\"%s\",\"precision\":\"%s\",\"shape\":\"%s\",\"batch\":%lld,\"ms\":%.6f,"
+                "\"gbps\":%.3f,\"tflops\":%.4f}",
+                kernel.c_str(), dir, precision, shape.c_str(), static_cast<long long>(B), ms, gbs, tfl);
   json_line(buf);
 }
 
@@ -769,6 +773,13 @@ void bench(bool quick) {
       double pairs = double(B) * t.heads * double(t.N) * t.N;
       double ms = time_ms([&] { run_op(cuda_backend(), OpId::attention, Dir::forward, f); });
       bench_line("attention", shape, B, "fwd", ms, 4.0 * (qkv.numel() + o.numel()), 4.0 * 32 * pairs);
+      {  // bf16 precision, as a bf16 plan runs it (the forward only)
+        PlanContext ctx;
+        ctx.precision = Precision::bf16;
+        PlanContextScope scope(ctx);
+        ms = time_ms([&] { run_op(cuda_backend(), OpId::attention, Dir::forward, f); });
+        bench_line("attention", shape, B, "fwd", ms, 4.0 * (qkv.numel() + o.numel()), 4.0 * 32 * pairs, "bf16");
+      }
       OpArgs bw;
       bw.in[0] = dout.view(DO.p, 1), bw.in[1] = f.in[0], bw.in[2] = f.out[0], bw.in[3] = f.out[1], bw.n_in = 4;
       bw.out[0] = qkv.view(DQ.p, 1), bw.n_out = 1;
