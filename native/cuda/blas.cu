@@ -117,6 +117,28 @@ Operand to_bf16(const float* X, int64_t rows, int64_t cols, int64_t ld, int64_t 
   return Operand{buf.as<uint16_t>(), CUDA_R_16BF, cols, s == 0 ? 0 : rows * cols};
 }
 
+// The cuBLAS call for prepared operands (fp32 or bf16; C fp32), row-major as gemm_batched describes.
+void run(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const Operand& a,
+         const Operand& b, float beta, float* C, int64_t ldc, int64_t sc, int64_t batch) {
+  cublasHandle_t h = handle(op);
+  int m = to_int32(N, op, "a GEMM dimension"), n = to_int32(M, op, "a GEMM dimension");
+  int k = to_int32(K, op, "a GEMM dimension");
+  int la = to_int32(a.ld, op, "a leading dimension"), lb = to_int32(b.ld, op, "a leading dimension");
+  int lc = to_int32(ldc, op, "a leading dimension");
+  cublasOperation_t opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if (batch == 1) {
+    check_blas(cublasGemmEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, a.p, a.type, la, &beta, C,
+                            CUDA_R_32F, lc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               op, "cublasGemmEx");
+  } else {
+    int nb = to_int32(batch, op, "a GEMM batch count");
+    check_blas(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, b.stride, a.p, a.type, la,
+                                          a.stride, &beta, C, CUDA_R_32F, lc, sc, nb, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT),
+               op, "cublasGemmStridedBatchedEx");
+  }
+}
+
 }  // namespace
 
 void gemm(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -135,7 +157,6 @@ void gemm_batched(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_
     }
     return;
   }
-  cublasHandle_t h = handle(op);
   Operand a{A, CUDA_R_32F, lda, sa}, b{B, CUDA_R_32F, ldb, sb};
   const bool bf16 = gemm_precision() == Precision::bf16;
   const bool share_a = sa == 0, share_b = sb == 0;
@@ -148,22 +169,20 @@ void gemm_batched(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_
     a = to_bf16(A, ra, ca, lda, sa, batch, *a16, op);
     b = to_bf16(B, rb, cb, ldb, sb, batch, *b16, op);
   }
-  int m = to_int32(N, op, "a GEMM dimension"), n = to_int32(M, op, "a GEMM dimension");
-  int k = to_int32(K, op, "a GEMM dimension");
-  int la = to_int32(a.ld, op, "a leading dimension"), lb = to_int32(b.ld, op, "a leading dimension");
-  int lc = to_int32(ldc, op, "a leading dimension");
-  cublasOperation_t opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  if (batch == 1) {
-    check_blas(cublasGemmEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, a.p, a.type, la, &beta, C,
-                            CUDA_R_32F, lc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               op, "cublasGemmEx");
-  } else {
-    int nb = to_int32(batch, op, "a GEMM batch count");
-    check_blas(cublasGemmStridedBatchedEx(h, opb, opa, m, n, k, &alpha, b.p, b.type, lb, b.stride, a.p, a.type, la,
-                                          a.stride, &beta, C, CUDA_R_32F, lc, sc, nb, CUBLAS_COMPUTE_32F,
-                                          CUBLAS_GEMM_DEFAULT),
-               op, "cublasGemmStridedBatchedEx");
+  run(op, ta, tb, M, N, K, alpha, a, b, beta, C, ldc, sc, batch);
+}
+
+void gemm_a16(const char* op, int64_t M, int64_t N, int64_t K, const uint16_t* A16, int64_t lda, const float* B,
+              int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    scale_rows_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(C, M, N, ldc, beta);
+    after_launch(op);
+    return;
   }
+  Scratch b16(static_cast<size_t>(N * K) * 2);
+  Operand a{A16, CUDA_R_16BF, lda, 0}, b = to_bf16(B, N, K, ldb, 0, 1, b16, op);
+  run(op, false, true, M, N, K, 1.0f, a, b, beta, C, ldc, 0, 1);
 }
 
 }  // namespace mf::cuda

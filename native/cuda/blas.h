@@ -19,4 +19,9 @@ void gemm_batched(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_
                   const float* A, int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta,
                   float* C, int64_t ldc, int64_t sc, int64_t batch);
 
+// bf16 precision with A already in bfloat16 (a producer wrote it so, e.g. conv2d's im2col):
+// C[M, N] = A16[M, K] B^T + beta * C, B stored [N, K] (rounded to bfloat16 here), fp32 C.
+void gemm_a16(const char* op, int64_t M, int64_t N, int64_t K, const uint16_t* A16, int64_t lda, const float* B,
+              int64_t ldb, float beta, float* C, int64_t ldc);
+
 }  // namespace mf::cuda

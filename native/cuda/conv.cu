@@ -6,8 +6,19 @@
 //   forward:  y[m, co] = sum_k col[m, k] w[co, k] + bias[co]
 //   backward: dcol = dy w (then col2im, a gather per input element, writes dx);
 //             dw += dy^T col;  db += column sums of dy
-// Images are processed in chunks so that col stays under kColFloats (256 MiB).
+// Images are processed in chunks so that col stays under kColFloats (256 MiB); index arithmetic inside a
+// chunk is 32-bit (a 64-bit division costs tens of instructions per element).
+//
+// The forward of a channels-last x with Ci % 4 == 0 (every downsampling layer) orders col's columns
+// (i, j, ci) instead, so each (pixel, tap) is a contiguous run of Ci floats copied as float4, and
+// multiplies by the weights permuted to [Co, kh, kw, Ci] (a small per-call copy). In bf16 precision
+// the forward's col is written in bfloat16 directly (gemm_a16: no fp32 col and no conversion pass).
+#include <climits>
+#include <optional>
+#include <string>
+
 #include "../core/geometry.h"
+#include "../core/numeric.h"
 #include "blas.h"
 #include "cuda_common.h"
 
@@ -16,21 +27,76 @@ namespace {
 
 constexpr int64_t kColFloats = int64_t(64) << 20;
 
+template <typename T>
+__device__ __forceinline__ T to_col(float v) {
+  if constexpr (sizeof(T) == 2) return f32_to_bf16(v);
+  else return v;
+}
 
+// Sizes of a chunk's im2col as 32-bit integers (every index of the chunk's col fits).
+struct ColGeom {
+  int HoWo, Wo, khw, kw;
+};
+
+__device__ __forceinline__ bool in_image(const ConvGeom& g, int64_t ih, int64_t iw) {
+  return ih >= 0 && ih < g.H && iw >= 0 && iw < g.W;
+}
 
 // col[(b - b0) * Ho * Wo + oh * Wo + ow, (ci * kh + i) * kw + j] for images b0 .. b0 + nb - 1.
+template <typename T>
 __global__ void im2col_kernel(const float* __restrict__ x,  // [B, Ci, H, W] or [B, H, W, Ci]
-                              ConvGeom g, int64_t b0, int64_t nb,
-                              float* __restrict__ col) {  // [nb * Ho * Wo, Ci * kh * kw]
-  int64_t Kc = g.Ci * g.kh * g.kw, total = nb * g.Ho * g.Wo * Kc;
+                              ConvGeom g, ColGeom c, int64_t b0, int total,
+                              T* __restrict__ col) {  // [nb * Ho * Wo, Ci * kh * kw]
+  const int Kc = static_cast<int>(g.Ci) * c.khw;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+    const int m = e / Kc, k = e - m * Kc;
+    const int ci = k / c.khw, t = k - ci * c.khw, i = t / c.kw, j = t - i * c.kw;
+    const int bl = m / c.HoWo, p = m - bl * c.HoWo, oh = p / c.Wo, ow = p - oh * c.Wo;
+    const int64_t ih = int64_t(oh) * g.stride - g.pad + i, iw = int64_t(ow) * g.stride - g.pad + j;
+    col[e] = to_col<T>(in_image(g, ih, iw) ? x[g.x_index(b0 + bl, ci, ih, iw)] : 0.0f);
+  }
+}
+
+// Channels-last x, Ci % 4 == 0: col[m, (i * kw + j) * Ci + ci] = x[b, ih, iw, ci] (zeros outside), one
+// float4 per thread; total = nb * Ho * Wo * kh * kw * Ci / 4.
+template <typename T>
+__global__ void im2col_cl_kernel(const float* __restrict__ x,  // [B, H, W, Ci]
+                                 ConvGeom g, ColGeom c, int64_t b0, int total, T* __restrict__ col) {
+  const int C4 = static_cast<int>(g.Ci / 4);
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+    const int seg = e / C4, c4 = e - seg * C4;  // seg: (pixel m, tap ij)
+    const int m = seg / c.khw, ij = seg - m * c.khw, i = ij / c.kw, j = ij - i * c.kw;
+    const int bl = m / c.HoWo, p = m - bl * c.HoWo, oh = p / c.Wo, ow = p - oh * c.Wo;
+    const int64_t ih = int64_t(oh) * g.stride - g.pad + i, iw = int64_t(ow) * g.stride - g.pad + j;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (in_image(g, ih, iw)) v = reinterpret_cast<const float4*>(x + (((b0 + bl) * g.H + ih) * g.W + iw) * g.Ci)[c4];
+    if constexpr (sizeof(T) == 2) {
+      reinterpret_cast<ushort4*>(col)[e] = make_ushort4(f32_to_bf16(v.x), f32_to_bf16(v.y), f32_to_bf16(v.z),
+                                                        f32_to_bf16(v.w));
+    } else {
+      reinterpret_cast<float4*>(col)[e] = v;
+    }
+  }
+}
+
+// wp[co, (i * kw + j) * Ci + ci] = w[co, ci, i, j]: the weights in im2col_cl_kernel's column order.
+__global__ void permute_w_kernel(const float* __restrict__ w, int64_t Co, int64_t Ci, int64_t khw,
+                                 float* __restrict__ wp) {
+  const int64_t Kc = Ci * khw, total = Co * Kc;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t k = e % Kc, m = e / Kc;
-    int64_t j = k % g.kw, i = (k / g.kw) % g.kh, ci = k / (g.kw * g.kh);
-    int64_t ow = m % g.Wo, oh = (m / g.Wo) % g.Ho, b = b0 + m / (g.Wo * g.Ho);
-    int64_t ih = oh * g.stride - g.pad + i, iw = ow * g.stride - g.pad + j;
-    col[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? x[g.x_index(b, ci, ih, iw)] : 0.0f;
+    const int64_t co = e / Kc, k = e - co * Kc, ij = k / Ci, ci = k - ij * Ci;
+    wp[e] = w[co * Kc + ci * khw + ij];
   }
+}
+
+// The chunk's ColGeom; refuses a chunk whose col has 2^31 elements or more (a single enormous image).
+ColGeom col_geom(const ConvGeom& g, int64_t Mc, const char* what) {
+  if (Mc * g.cols() > INT_MAX)
+    throw Error(ErrorKind::range, std::string("conv2d: expected fewer than 2^31 im2col elements per image for ") +
+                                      what + " but one image needs " + std::to_string(Mc * g.cols()));
+  return ColGeom{static_cast<int>(g.Ho * g.Wo), static_cast<int>(g.Wo), static_cast<int>(g.kh * g.kw),
+                 static_cast<int>(g.kw)};
 }
 
 // dx[b, ci, ih, iw] = sum over (i, j) with ih = oh * stride - pad + i (likewise w) of dcol[m(b, oh, ow), k(ci, i, j)].
@@ -99,15 +165,32 @@ void conv2d_fwd(const OpArgs& a) {
     after_launch("conv2d forward (bias)");
     beta = 1.0f;
   }
+  const bool bf16 = gemm_precision() == Precision::bf16;
+  const bool cl = !g.nchw && g.Ci % 4 == 0 && reinterpret_cast<uintptr_t>(x.f()) % 16 == 0;
+  const float* wt = w.f();
+  std::optional<Scratch> wp;
+  if (cl) {
+    wp.emplace(static_cast<size_t>(g.Co * Kc) * sizeof(float));
+    permute_w_kernel<<<grid_for(g.Co * Kc, 256), 256, 0, stream()>>>(w.f(), g.Co, g.Ci, g.kh * g.kw, wp->as<float>());
+    after_launch("conv2d forward (weights)");
+    wt = wp->as<float>();
+  }
   int64_t nb = images_per_chunk(g);
-  Scratch col(static_cast<size_t>(nb * g.Ho * g.Wo * Kc) * sizeof(float));
+  Scratch col(static_cast<size_t>(nb * g.Ho * g.Wo * Kc) * (bf16 ? 2 : sizeof(float)));
   for (int64_t b0 = 0; b0 < g.B; b0 += nb) {
     int64_t n = g.B - b0 < nb ? g.B - b0 : nb;
     int64_t Mc = n * g.Ho * g.Wo;
-    im2col_kernel<<<grid_for(Mc * Kc, 256), 256, 0, stream()>>>(x.f(), g, b0, n, col.as<float>());
+    ColGeom c = col_geom(g, Mc, "the forward");
+    const int total = static_cast<int>(cl ? Mc * Kc / 4 : Mc * Kc);
+    const unsigned blocks = grid_for(total, 256);
+    if (cl && bf16) im2col_cl_kernel<<<blocks, 256, 0, stream()>>>(x.f(), g, c, b0, total, col.as<uint16_t>());
+    else if (cl) im2col_cl_kernel<<<blocks, 256, 0, stream()>>>(x.f(), g, c, b0, total, col.as<float>());
+    else if (bf16) im2col_kernel<<<blocks, 256, 0, stream()>>>(x.f(), g, c, b0, total, col.as<uint16_t>());
+    else im2col_kernel<<<blocks, 256, 0, stream()>>>(x.f(), g, c, b0, total, col.as<float>());
     after_launch("conv2d forward (im2col)");
-    gemm("conv2d", false, true, Mc, g.Co, Kc, 1.0f, col.as<float>(), Kc, w.f(), Kc, beta,
-         y.f() + b0 * g.Ho * g.Wo * g.Co, g.Co);
+    float* yc = y.f() + b0 * g.Ho * g.Wo * g.Co;
+    if (bf16) gemm_a16("conv2d", Mc, g.Co, Kc, col.as<uint16_t>(), Kc, wt, Kc, beta, yc, g.Co);
+    else gemm("conv2d", false, true, Mc, g.Co, Kc, 1.0f, col.as<float>(), Kc, wt, Kc, beta, yc, g.Co);
   }
 }
 
@@ -127,7 +210,9 @@ void conv2d_bwd(const OpArgs& a) {
     int64_t Mc = n * g.Ho * g.Wo;
     const float* dyc = dy.f() + b0 * g.Ho * g.Wo * g.Co;
     if (dw.present()) {
-      im2col_kernel<<<grid_for(Mc * Kc, 256), 256, 0, stream()>>>(x.f(), g, b0, n, col.as<float>());
+      ColGeom c = col_geom(g, Mc, "the backward");
+      const int total = static_cast<int>(Mc * Kc);
+      im2col_kernel<<<grid_for(total, 256), 256, 0, stream()>>>(x.f(), g, c, b0, total, col.as<float>());
       after_launch("conv2d backward (im2col)");
       gemm("conv2d", true, false, g.Co, Kc, Mc, 1.0f, dyc, g.Co, col.as<float>(), Kc, 1.0f, dw.f(), Kc);
     }

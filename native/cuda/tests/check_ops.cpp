@@ -383,8 +383,11 @@ void fused_linear_cases(Result& r) {
 
 void conv_cases(Result& r) {
   struct S { std::vector<int64_t> x; int64_t co, k, stride, pad; bool nchw; };
+  // (channels-last with Ci % 4 == 0: the forward's (i, j, ci) column order and permuted weights)
   for (S s : {S{{2, 3, 23, 19}, 8, 7, 4, 2, true}, S{{2, 9, 11, 13}, 17, 3, 2, 1, false},
-              S{{1, 3, 2, 3}, 5, 3, 2, 1, false}, S{{1, 4, 16, 16}, 33, 7, 4, 2, true}}) {
+              S{{1, 3, 2, 3}, 5, 3, 2, 1, false}, S{{1, 4, 16, 16}, 33, 7, 4, 2, true},
+              S{{2, 9, 11, 12}, 20, 3, 2, 1, false}, S{{1, 7, 7, 8}, 16, 3, 2, 1, false},
+              S{{2, 5, 6, 4}, 3, 2, 2, 0, false}}) {
     int64_t ci = s.nchw ? s.x[1] : s.x[3], h = s.nchw ? s.x[2] : s.x[1], wd = s.nchw ? s.x[3] : s.x[2];
     int64_t ho = (h + 2 * s.pad - s.k) / s.stride + 1, wo = (wd + 2 * s.pad - s.k) / s.stride + 1;
     std::vector<int64_t> ys{s.x[0], ho, wo, s.co}, ws{s.co, ci, s.k, s.k};
@@ -489,6 +492,9 @@ void bf16_cases(Result& r) {
     HT x2 = randn({2, 11, 13, 9}), w2 = randn({17, 9, 3, 3}, 1.0 / 9.0), b2 = randn({17}, 0.1);
     run_case(bf({"nhwc x[2,11,13,9] w[17,9,3,3]", OpId::conv2d, Dir::forward, {x2, w2, b2}, {nan_like({2, 6, 7, 17})},
                  {2.0, 1.0, 0.0}}, {0, 1}), r);
+    HT x3 = randn({2, 11, 13, 12}), w3 = randn({17, 12, 3, 3}, 1.0 / 9.0);  // channels-last, Ci % 4 == 0
+    run_case(bf({"nhwc x[2,11,13,12] w[17,12,3,3] no bias", OpId::conv2d, Dir::forward, {x3, w3, none()},
+                 {nan_like({2, 6, 7, 17})}, {2.0, 1.0, 0.0}}, {0, 1}), r);
   }
   {
     HT x = randn({3, 49, 20}), m = randn({49, 49}, 1.0 / 7.0);
