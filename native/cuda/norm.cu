@@ -5,10 +5,14 @@
 //   backward, with xhat = (x - mean) * rstd and g = dy * w[c]:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dw[c] += sum dy * xhat,  db[c] += sum dy
 //
-// Groups of up to kWarpMax elements: one warp per group, two passes over the group (mean, then the
-// centred variance, both in double), the row staying in L1. Larger groups (few, long rows): per-chunk partial sums in
+// LayerNorm over channels (group = C) with C % 4 == 0 and C <= 1024, 16-byte aligned tensors: the
+// forward holds each row in registers as float4 (16 lanes per row up to 64 channels, else a warp), so
+// x is read once with 16-byte loads; the same statistics in double. Other groups of up to kWarpMax
+// elements: one warp per group, two passes over the group (mean, then the centred variance, both in
+// double), the row staying in L1. Larger groups (few, long rows): per-chunk partial sums in
 // double over many blocks, then one small kernel per row, then an elementwise pass. dw/db are
 // deterministic column reductions over the [numel / C, C] view.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_common.h"
@@ -51,6 +55,72 @@ __global__ void ln_fwd_warp_kernel(const float* __restrict__ x,  // [R, G]
       yr[i] = t;
     }
     if (lane == 0) {
+      if (mean_out) mean_out[r] = static_cast<float>(mean);
+      if (rstd_out) rstd_out[r] = static_cast<float>(rstd);
+    }
+  }
+}
+
+// ---- forward, rows in registers (group = C, C % 4 == 0, C / 4 <= TPR * NV) ----------------------------
+template <int TPR>
+__device__ __forceinline__ double group_sum(double v) {  // over the TPR lanes of a row (TPR divides 32)
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <int NV, int TPR>
+__global__ void ln_fwd_rows_kernel(const float4* __restrict__ x,  // [R, C4]
+                                   const float4* __restrict__ w,  // [C4] or null
+                                   const float4* __restrict__ b,  // [C4] or null
+                                   float4* __restrict__ y,        // [R, C4]
+                                   float* __restrict__ mean_out,  // [R] or null
+                                   float* __restrict__ rstd_out,  // [R] or null
+                                   int64_t R, int C4, double eps) {
+  constexpr int RPW = 32 / TPR;  // rows per warp
+  const int lane = threadIdx.x & 31, sub = lane % TPR;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const double inv_n = 1.0 / (4.0 * C4);
+  for (int64_t rb = warp * RPW; rb < R; rb += warps * RPW) {  // warp-uniform: every lane shuffles
+    const int64_t r = rb + lane / TPR;
+    const bool ok = r < R;
+    float4 v[NV];
+    double s = 0.0;
+#pragma unroll
+    for (int t = 0; t < NV; ++t) {
+      const int i = sub + t * TPR;
+      v[t] = ok && i < C4 ? x[r * C4 + i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      s += (static_cast<double>(v[t].x) + v[t].y) + (static_cast<double>(v[t].z) + v[t].w);
+    }
+    const double mean = group_sum<TPR>(s) * inv_n;
+    double q = 0.0;
+#pragma unroll
+    for (int t = 0; t < NV; ++t) {
+      if (sub + t * TPR < C4) {
+        const double d0 = v[t].x - mean, d1 = v[t].y - mean, d2 = v[t].z - mean, d3 = v[t].w - mean;
+        q += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+      }
+    }
+    const double rstd = 1.0 / sqrt(group_sum<TPR>(q) * inv_n + eps);
+    if (!ok) continue;
+#pragma unroll
+    for (int t = 0; t < NV; ++t) {
+      const int i = sub + t * TPR;
+      if (i >= C4) continue;
+      float4 o = make_float4(static_cast<float>((v[t].x - mean) * rstd), static_cast<float>((v[t].y - mean) * rstd),
+                             static_cast<float>((v[t].z - mean) * rstd), static_cast<float>((v[t].w - mean) * rstd));
+      if (w) {
+        const float4 wv = w[i];
+        o.x *= wv.x, o.y *= wv.y, o.z *= wv.z, o.w *= wv.w;
+      }
+      if (b) {
+        const float4 bv = b[i];
+        o.x += bv.x, o.y += bv.y, o.z += bv.z, o.w += bv.w;
+      }
+      y[r * C4 + i] = o;
+    }
+    if (sub == 0) {
       if (mean_out) mean_out[r] = static_cast<float>(mean);
       if (rstd_out) rstd_out[r] = static_cast<float>(rstd);
     }
@@ -251,6 +321,34 @@ void long_row_stats(const Dims& d, const float* x, const float* dy, const float*
   after_launch(what);
 }
 
+template <int NV, int TPR>
+void rows_fwd(const Dims& d, const float* x, const float* w, const float* b, float* y, float* mo, float* ro,
+              double eps) {
+  const int64_t warps = ceil_div(d.R, 32 / TPR);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(warps, 8), int64_t(sm_count()) * 16));
+  ln_fwd_rows_kernel<NV, TPR><<<blocks, 256, 0, stream()>>>(
+      reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(w), reinterpret_cast<const float4*>(b),
+      reinterpret_cast<float4*>(y), mo, ro, d.R, static_cast<int>(d.G / 4), eps);
+  after_launch("layernorm forward");
+}
+
+// The register-row forward where it applies (see the header); false otherwise.
+bool launch_rows_fwd(const Dims& d, const float* x, const float* w, const float* b, float* y, float* mo, float* ro,
+                     double eps) {
+  auto aligned = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (d.G != d.C || d.G % 4 != 0 || d.G > 1024 || !aligned(x) || !aligned(y) || (w && !aligned(w)) || (b && !aligned(b)))
+    return false;
+  const int64_t c4 = d.G / 4;
+  if (c4 <= 16) rows_fwd<1, 16>(d, x, w, b, y, mo, ro, eps);
+  else if (c4 <= 32) rows_fwd<1, 32>(d, x, w, b, y, mo, ro, eps);
+  else if (c4 <= 64) rows_fwd<2, 32>(d, x, w, b, y, mo, ro, eps);
+  else if (c4 <= 96) rows_fwd<3, 32>(d, x, w, b, y, mo, ro, eps);
+  else if (c4 <= 128) rows_fwd<4, 32>(d, x, w, b, y, mo, ro, eps);
+  else if (c4 <= 192) rows_fwd<6, 32>(d, x, w, b, y, mo, ro, eps);
+  else rows_fwd<8, 32>(d, x, w, b, y, mo, ro, eps);
+  return true;
+}
+
 void layernorm_fwd(const OpArgs& a) {
   const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2];  // x[R*G] w[C]? b[C]?
   const TensorView &y = a.out[0], &mo = a.out[1], &ro = a.out[2];  // y like x, mean[R]? rstd[R]?
@@ -259,6 +357,8 @@ void layernorm_fwd(const OpArgs& a) {
   double eps = a.attr[0];
   const float* W = w.present() ? w.f() : nullptr;
   const float* Bs = b.present() ? b.f() : nullptr;
+  if (launch_rows_fwd(d, x.f(), W, Bs, y.f(), mo.present() ? mo.f() : nullptr, ro.present() ? ro.f() : nullptr, eps))
+    return;
   if (d.G <= kWarpMax) {
     ln_fwd_warp_kernel<<<grid_for(d.R * 32, 256), 256, 0, stream()>>>(x.f(), W, Bs, y.f(), mo.present() ? mo.f() : nullptr,
                                                                       ro.present() ? ro.f() : nullptr, d.R,

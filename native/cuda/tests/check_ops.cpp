@@ -417,7 +417,11 @@ void layernorm_cases(Result& r) {
   struct S { std::vector<int64_t> x; int64_t group; bool w, b; double scale, mean; };
   for (S s : {S{{5, 7, 33}, 33, true, true, 1, 0}, S{{2, 3, 5, 12}, 180, true, false, 1, 0},
               S{{2, 50, 50, 4}, 10000, true, false, 1, 0.5}, S{{3, 64}, 64, true, false, 3e-3, 2.0},
-              S{{4, 10}, 10, false, false, 1, 0}, S{{1, 3, 3, 1000}, 9000, true, true, 1, 0}}) {
+              S{{4, 10}, 10, false, false, 1, 0}, S{{1, 3, 3, 1000}, 9000, true, true, 1, 0},
+              // over channels, C % 4 == 0: the forward's register rows (16 lanes, then 1-8 float4 per lane)
+              S{{5, 7, 320}, 320, true, true, 1, 0}, S{{2, 9, 512}, 512, true, false, 1, 0.5},
+              S{{4, 3, 128}, 128, false, true, 1, 0}, S{{3, 1024}, 1024, true, true, 1, 0},
+              S{{7, 36}, 36, true, true, 1, 0}, S{{2, 5, 520}, 520, true, true, 3e-3, 2.0}}) {
     int64_t c = s.x.back(), rows = 1;
     for (int64_t d : s.x) rows *= d;
     rows /= s.group;
