@@ -33,6 +33,10 @@
 #   hostcpu    (in the background, on the upper half of the cores, from the node stage on) issue 5's bf16
 #              mode on this machine's CPU: the bf16 tests and caformer_s18 fp32/bf16 beside onnxruntime's
 #              CPU EP (bench/gpu/host_cpu.sh)
+#   ncu        (diagnostics) Nsight Compute over one launch of each kernel worth profiling (the checker's
+#              --profile-targets: depthwise, attention fp32/bf16, layer norm, conv fp32/bf16, a bf16 fused
+#              linear): duration, memory and SM throughput, occupancy per kernel; full text in ncu.txt.
+#              SKIPPED, with the reason, when ncu is missing or cannot profile here
 #   torch      PyTorch on the same GPU: cuDNN depthwise conv, scaled_dot_product_attention, timm models
 #              (eager fp32 / bf16, channels_last, torch.compile when time allows)
 #   report     $OUT/RESULTS-gpu.md (ready to commit as bench/RESULTS-gpu.md) and $OUT/results.json
@@ -284,6 +288,45 @@ else
   else stage nodetests FAIL "${summary:-exit $rc} (nodetests.log)"; fi
 fi
 
+# --- ncu (diagnostics): hardware profiles of the kernels worth tuning -----------------------------------
+NCU=$(command -v ncu 2>/dev/null || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if ! want ncu || ! need_build ncu; then :
+elif [ -z "$NCU" ]; then
+  stage ncu SKIPPED "ncu not found"
+elif (( $(left) < 120 )); then
+  stage ncu SKIPPED "no time left ($(left)s)"
+else
+  run_limited 75 "$NCU" --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section MemoryWorkloadAnalysis "$CHECK" --profile-targets > "$OUT/ncu.txt" 2>&1
+  rc=$?
+  # kernel | duration | memory % | SM % | achieved occupancy | registers
+  $PY - "$OUT/ncu.txt" > "$OUT/ncu.sum" 2>/dev/null <<'PYEOF'
+import re, sys
+rows, cur = [], None
+want = {"Duration": "dur", "Memory Throughput": "mem", "Compute (SM) Throughput": "sm",
+        "Achieved Occupancy": "occ", "Registers Per Thread": "regs"}
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"^  (\S.*?) \(\d+, \d+, \d+\)x\(\d+, \d+, \d+\)", line)
+    if m:
+        f = re.search(r"::(\w+(?:<[^()]*>)?)\(", m.group(1))
+        cur = {"name": (f.group(1) if f else m.group(1))[:48]}
+        rows.append(cur)
+        continue
+    if cur is not None:
+        for k, key in want.items():
+            m = re.match(r"^\s+" + re.escape(k) + r"\s+(\S+)\s+([\d.,]+)\s*$", line)
+            if m and key not in cur:
+                cur[key] = m.group(2) + ("" if m.group(1) in ("%", "register/thread") else " " + m.group(1))
+for r in rows:
+    print("NCU  %-48s %14s  mem %6s%%  sm %6s%%  occ %6s%%  regs %s" % (r["name"], r.get("dur", "?"), r.get("mem", "?"),
+          r.get("sm", "?"), r.get("occ", "?"), r.get("regs", "?")))
+PYEOF
+  n=$(grep -c '^NCU' "$OUT/ncu.sum" 2>/dev/null); n=${n:-0}
+  cat "$OUT/ncu.sum" >> "$LOG" 2>/dev/null; grep '^NCU' "$OUT/ncu.sum" 2>/dev/null | head -30; rm -f "$OUT/ncu.sum"
+  if [ "$rc" = 0 ] && [ "$n" -gt 0 ]; then stage ncu PASS "$n kernels profiled (ncu.txt)"
+  else stage ncu SKIPPED "ncu could not profile here (exit $rc; ncu.txt): $(grep -m1 -E 'ERR|rror' "$OUT/ncu.txt" | cut -c1-120)"; fi
+fi
+
 # --- torch ----------------------------------------------------------------------------------------
 T=$(( $(left) - 25 ))
 if ! want torch; then :
@@ -326,7 +369,7 @@ log ""
 column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 rm -f "$OUT/stages.tsv.tmp"
 # At most 8 files in $OUT: every log but check.log goes into one archive.
-(cd "$OUT" && ls env.txt build.log node.log nodetests.log hostcpu.txt hostcpu.log 2>/dev/null \
+(cd "$OUT" && ls env.txt build.log node.log nodetests.log hostcpu.txt hostcpu.log ncu.txt 2>/dev/null \
    | xargs -r tar -czf logs.tar.gz --remove-files)
 grep -q $'\tFAIL\t' "$STAGES" && exit 1
 exit 0

@@ -144,6 +144,13 @@ def main():
             total = sum(v for _, v in ops) or 1.0
             top = ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in ops[:6])
             lines.append(f"| {r['profile']} | {r['precision']} | {r['batch']} | {top} |")
+    log = os.path.join(out, "check.log")
+    ncu = [l.rstrip() for l in open(log, errors="replace")] if os.path.exists(log) else []
+    ncu = [l[5:] for l in ncu if l.startswith("NCU  ")]
+    if ncu:
+        lines += ["", "## Hardware profile (Nsight Compute; one launch of each kernel, batch 64)", "",
+                  "kernel, duration, memory and SM throughput (% of peak), achieved occupancy, registers per thread "
+                  "(check.sh's ncu stage; details in ncu.txt).", "", "```"] + ncu + ["```"]
     hostcpu = os.path.join(out, "hostcpu.txt")
     if os.path.exists(hostcpu):
         lines += ["", "## This machine's CPU: bf16 mode (issue 5), caformer_s18 at 224", "",

@@ -69,6 +69,7 @@ describe('the GPU check scripts', () => {
       { kind: 'model', model: 'caformer_s18', batch: 256, dtype: 'bfloat16', variant: 'eager', ms: 40, img_per_s: 6400 },
     ]));
     writeFileSync(path.join(tmp, 'hostcpu.txt'), 'flags: amx_bf16 avx512_bf16\nbf16Native: true\n');
+    writeFileSync(path.join(tmp, 'check.log'), '== ncu: PASS\nNCU  dw7_forward_kernel<7, 7>  123.45 us  mem  45.23%\n');
     const r = spawnSync('python3', [path.join(root, 'bench', 'gpu', 'report.py'), '--out', tmp], { encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);
     const md = readFileSync(path.join(tmp, 'RESULTS-gpu.md'), 'utf8');
@@ -85,6 +86,7 @@ describe('the GPU check scripts', () => {
     expect(md).toContain('| caformer_s18 | 256 | 2560.0 | 2000.0 | 1.28 | 5120.0 | 6400.0 | 0.80 | — | 2461.5 / 4923.1 |');
     expect(md).toContain('| caformer_s18_b256 | bf16 | 256 | fused_linear 30.00 (60%), attention 10.00 (20%), layernorm 10.00 (20%) |');
     expect(md).toMatch(/## This machine's CPU: bf16 mode[\s\S]*amx_bf16 avx512_bf16/);
+    expect(md).toMatch(/## Hardware profile \(Nsight Compute[\s\S]*\ndw7_forward_kernel<7, 7>  123.45 us  mem  45.23%\n/);
     const json = JSON.parse(readFileSync(path.join(tmp, 'results.json'), 'utf8')) as { failed_checks: string[]; models: unknown[] };
     expect(json.failed_checks).toEqual(['attention bwd B2 N35']);
     expect(json.models.length).toBe(2);

@@ -5,9 +5,11 @@
 //
 //   metaformer_cuda_check [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--precision fp32|bf16]
 //                         [--backend ref|cuda] [--json FILE] [--filter TEXT] [--seed N] [--self-test]
+//                         [--profile-targets]
 //     --ops        every op and direction, ref vs cuda (the default when nothing else is asked)
 //     --bench      kernel timings (CUDA events, median of many runs after warm-up), B = 1, 64, 256
 //     --quick      bench with B = 1 and 64 only
+//     --profile-targets  one launch of each kernel worth a hardware profile (check.sh's ncu stage)
 //     --plans DIR  replay the exported model plans in DIR (run_plan.cpp) on --backend (default cuda),
 //                  checking outputs against the expected data; --time-plans also times them;
 //                  --precision bf16 replays them in bf16 precision (the logits within 2e-2 of the reference)
@@ -799,16 +801,83 @@ void bench(bool quick) {
     }
 }
 
+// One launch of each kernel worth a hardware profile (check.sh's ncu stage runs this under Nsight
+// Compute), at batch 64 MetaFormer shapes, each in the precision its plans use it in: the depthwise
+// forward, attention fp32 and bf16, the layer norm over channels, a downsampling conv fp32 and bf16, and a
+// bf16 fused linear with StarReLU (its operand copies, GEMM and epilogue).
+void profile_targets() {
+  const int64_t B = 64;
+  auto once = [](OpId op, const OpArgs& args, Precision p) {
+    PlanContext ctx;
+    ctx.precision = p;
+    PlanContextScope scope(ctx);
+    run_op(cuda_backend(), op, Dir::forward, args);
+    cuda::synchronize();
+  };
+  {
+    HT x = bench_random({B, 56, 56, 128}), w = bench_random({128, 1, 7, 7}, 1.0f / 7), b = bench_random({128});
+    DevBuf X(x), W(w), Bb(b), Y(x);
+    OpArgs f;
+    f.in[0] = x.view(X.p, 1), f.in[1] = w.view(W.p, 1), f.in[2] = b.view(Bb.p, 1), f.n_in = 3;
+    f.out[0] = x.view(Y.p, 1), f.n_out = 1;
+    once(OpId::dwconv2d, f, Precision::f32);
+  }
+  {
+    HT qkv = bench_random({B, 196, 960}), o = bench_random({B, 196, 320}), lse = bench_random({B, 10, 196});
+    DevBuf Q(qkv), O(o), L(lse);
+    OpArgs f;
+    f.in[0] = qkv.view(Q.p, 1), f.n_in = 1;
+    f.out[0] = o.view(O.p, 1), f.out[1] = lse.view(L.p, 1), f.n_out = 2;
+    f.attr[0] = 32, f.attr[1] = 1.0 / std::sqrt(32.0), f.n_attr = 2;
+    once(OpId::attention, f, Precision::f32);
+    once(OpId::attention, f, Precision::bf16);
+  }
+  {
+    HT x = bench_random({B, 56, 56, 64}), w = bench_random({64}), b = bench_random({64});
+    HT m = bench_random({B * 56 * 56}), r = bench_random({B * 56 * 56});
+    DevBuf X(x), W(w), Bb(b), Y(x), M(m), R(r);
+    OpArgs f;
+    f.in[0] = x.view(X.p, 1), f.in[1] = w.view(W.p, 1), f.in[2] = b.view(Bb.p, 1), f.n_in = 3;
+    f.out[0] = x.view(Y.p, 1), f.out[1] = m.view(M.p, 1), f.out[2] = r.view(R.p, 1), f.n_out = 3;
+    f.attr[0] = 1e-6, f.attr[1] = 64, f.n_attr = 2;
+    once(OpId::layernorm, f, Precision::f32);
+  }
+  {
+    HT x = bench_random({B, 56, 56, 64}), w = bench_random({128, 64, 3, 3}, 1.0f / 24), b = bench_random({128});
+    HT y = bench_random({B, 28, 28, 128});
+    DevBuf X(x), W(w), Bb(b), Y(y);
+    OpArgs f;
+    f.in[0] = x.view(X.p, 1), f.in[1] = w.view(W.p, 1), f.in[2] = b.view(Bb.p, 1), f.n_in = 3;
+    f.out[0] = y.view(Y.p, 1), f.n_out = 1;
+    f.attr[0] = 2, f.attr[1] = 1, f.attr[2] = 0, f.n_attr = 3;
+    once(OpId::conv2d, f, Precision::f32);
+    once(OpId::conv2d, f, Precision::bf16);
+  }
+  {
+    HT x = bench_random({B * 3136, 64}), w = bench_random({256, 64}, 0.125f), b = bench_random({256});
+    HT s = bench_random({1}), sb = bench_random({1}), y = bench_random({B * 3136, 256});
+    DevBuf X(x), W(w), Bb(b), S(s), SB(sb), Y(y);
+    OpArgs f;
+    f.in[0] = x.view(X.p, 1), f.in[1] = w.view(W.p, 1), f.in[2] = b.view(Bb.p, 1), f.in[3] = s.view(S.p, 1);
+    f.in[4] = sb.view(SB.p, 1), f.n_in = 5;
+    f.out[0] = y.view(Y.p, 1), f.n_out = 1;
+    f.attr[0] = 1, f.attr[1] = 0, f.n_attr = 2;
+    once(OpId::fused_linear, f, Precision::bf16);
+  }
+  std::printf("profile targets: done\n");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool ops = false, do_bench = false, quick = false, time_plans = false;
+  bool ops = false, do_bench = false, quick = false, time_plans = false, prof = false;
   std::string plans, backend = "cuda";
   Precision prec = Precision::f32;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--ops") ops = true;
     else if (a == "--bench") do_bench = true;
+    else if (a == "--profile-targets") prof = true;
     else if (a == "--quick") quick = true;
     else if (a == "--plans" && i + 1 < argc) plans = argv[++i];
     else if (a == "--time-plans") time_plans = true;
@@ -822,12 +891,12 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: %s [--ops] [--bench] [--quick] [--plans DIR] [--time-plans] [--precision fp32|bf16] "
-                   "[--backend ref|cuda] [--json FILE] [--filter TEXT] [--seed N] [--self-test]\n",
+                   "[--backend ref|cuda] [--json FILE] [--filter TEXT] [--seed N] [--self-test] [--profile-targets]\n",
                    argv[0]);
       return 2;
     }
   }
-  if (!ops && !do_bench && plans.empty()) ops = true;
+  if (!ops && !do_bench && !prof && plans.empty()) ops = true;
   if (!plans.empty() && backend == "ref" && !ops && !do_bench) {  // plan replay on the host: no GPU needed
     plan_replay::Tally t = plan_replay::run_plans(plans, g_filter, ref_backend(), time_plans, g_json, prec);
     if (g_json) std::fclose(g_json);
@@ -859,6 +928,15 @@ int main(int argc, char** argv) {
     return 3;
   }
   std::printf("device: %s\n", cuda::device_name().c_str());
+  if (prof) {
+    try {
+      profile_targets();
+    } catch (const std::exception& e) {
+      std::printf("FAIL  profile targets: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   Result r;
   try {
     if (ops) {
