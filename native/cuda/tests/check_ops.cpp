@@ -404,13 +404,21 @@ void conv_cases(Result& r) {
 void dwconv_cases(Result& r) {
   struct S { std::vector<int64_t> x; int64_t k; };
   for (S s : {S{{2, 7, 5, 12}, 7}, S{{1, 9, 17, 33}, 7}, S{{2, 14, 14, 40}, 7}, S{{1, 2, 3, 5}, 7},
-              S{{1, 8, 9, 65}, 7}, S{{2, 5, 6, 7}, 3}, S{{1, 4, 7, 9}, 5}}) {
+              S{{1, 8, 9, 65}, 7}, S{{2, 5, 6, 7}, 3}, S{{1, 4, 7, 9}, 5}, S{{1, 10, 19, 136}, 7}}) {
     int64_t c = s.x[3];
     std::vector<int64_t> ws{c, 1, s.k, s.k};
     HT x = randn(s.x), w = randn(ws, 1.0 / s.k), b = randn({c}, 0.1);
     std::string nm = "x" + shape_name(s.x) + " k" + std::to_string(s.k);
     run_case({nm, OpId::dwconv2d, Dir::forward, {x, w, b}, {nan_like(s.x)}, {}}, r);
     run_case({nm + " no bias", OpId::dwconv2d, Dir::forward, {x, w, none()}, {nan_like(s.x)}, {}}, r);
+    for (int v : {2, 3}) {  // the forward variants under evaluation (C % 4 == 0 takes them), forward and dx
+      cuda::set_dwconv_variant(v);
+      const std::string vn = " variant " + std::to_string(v);
+      run_case({nm + vn, OpId::dwconv2d, Dir::forward, {x, w, b}, {nan_like(s.x)}, {}}, r);
+      run_case({nm + vn + " no bias", OpId::dwconv2d, Dir::forward, {x, w, none()}, {nan_like(s.x)}, {}}, r);
+      run_case({nm + vn, OpId::dwconv2d, Dir::backward, {randn(s.x), x, w}, {nan_like(s.x), none(), none()}, {}}, r);
+      cuda::set_dwconv_variant(1);
+    }
     run_case({nm, OpId::dwconv2d, Dir::backward, {randn(s.x), x, w}, {nan_like(s.x), randn(ws), randn({c})}, {}}, r);
   }
 }
@@ -764,6 +772,12 @@ void bench(bool quick) {
       double elems = double(x.numel()), flops = 2.0 * 49 * elems;
       double ms = time_ms([&] { run_op(cuda_backend(), OpId::dwconv2d, Dir::forward, f); });
       bench_line("dwconv7x7", shape, B, "fwd", ms, 8.0 * elems, flops);
+      for (int v : {2, 3}) {  // the forward variants under evaluation
+        cuda::set_dwconv_variant(v);
+        ms = time_ms([&] { run_op(cuda_backend(), OpId::dwconv2d, Dir::forward, f); });
+        bench_line("dwconv7x7-v" + std::to_string(v), shape, B, "fwd", ms, 8.0 * elems, flops);
+        cuda::set_dwconv_variant(1);
+      }
       OpArgs bw;
       bw.in[0] = vdy, bw.in[1] = vx, bw.in[2] = vw, bw.n_in = 3;
       bw.out[0] = vdx, bw.out[1] = vdw, bw.n_out = 3;
