@@ -369,18 +369,21 @@ void linear_cases(Result& r) {
 }
 
 void fused_linear_cases(Result& r) {
-  std::vector<int64_t> xs{3, 7, 37}, ys{3, 7, 19};
-  HT x = randn(xs), w = randn({19, 37}, 1.0 / std::sqrt(37.0)), b = randn({19}, 0.1);
-  HT s = uniform({1}, 0.6f, 1.2f), sb = uniform({1}, -0.6f, 0.2f);
-  for (int act : {0, 1, 2})
-    for (int acc : {0, 1})
-      for (bool bias : {true, false}) {
-        std::string nm = "x[3,7,37] N=19 act " + std::to_string(act) + (acc ? " accumulate" : "") + (bias ? " bias" : "");
-        run_case({nm, OpId::fused_linear, Dir::forward,
-                  {x, w, bias ? b : none(), act == 1 ? s : none(), act == 1 ? sb : none()},
-                  {acc ? randn(ys) : nan_like(ys)}, {double(act), double(acc)}},
-                 r);
-      }
+  for (int64_t n : {int64_t(19), int64_t(36)}) {  // 36: the epilogue four columns at a time
+    std::vector<int64_t> xs{3, 7, 37}, ys{3, 7, n};
+    HT x = randn(xs), w = randn({n, 37}, 1.0 / std::sqrt(37.0)), b = randn({n}, 0.1);
+    HT s = uniform({1}, 0.6f, 1.2f), sb = uniform({1}, -0.6f, 0.2f);
+    for (int act : {0, 1, 2})
+      for (int acc : {0, 1})
+        for (bool bias : {true, false}) {
+          std::string nm = "x[3,7,37] N=" + std::to_string(n) + " act " + std::to_string(act) +
+                           (acc ? " accumulate" : "") + (bias ? " bias" : "");
+          run_case({nm, OpId::fused_linear, Dir::forward,
+                    {x, w, bias ? b : none(), act == 1 ? s : none(), act == 1 ? sb : none()},
+                    {acc ? randn(ys) : nan_like(ys)}, {double(act), double(acc)}},
+                   r);
+        }
+  }
 }
 
 void conv_cases(Result& r) {
