@@ -13,7 +13,6 @@
 // (i, j, ci) instead, so each (pixel, tap) is a contiguous run of Ci floats copied as float4, and
 // multiplies by the weights permuted to [Co, kh, kw, Ci] (a small per-call copy). In bf16 precision
 // the forward's col is written in bfloat16 directly (gemm_a16: no fp32 col and no conversion pass).
-#include <climits>
 #include <optional>
 #include <string>
 
@@ -90,10 +89,11 @@ __global__ void permute_w_kernel(const float* __restrict__ w, int64_t Co, int64_
   }
 }
 
-// The chunk's ColGeom; refuses a chunk whose col has 2^31 elements or more (a single enormous image).
+// The chunk's ColGeom; refuses a chunk whose col has 2^30 elements or more (a single enormous image), so
+// that the kernels' 32-bit grid-stride indices cannot overflow.
 ColGeom col_geom(const ConvGeom& g, int64_t Mc, const char* what) {
-  if (Mc * g.cols() > INT_MAX)
-    throw Error(ErrorKind::range, std::string("conv2d: expected fewer than 2^31 im2col elements per image for ") +
+  if (Mc * g.cols() >= (int64_t(1) << 30))
+    throw Error(ErrorKind::range, std::string("conv2d: expected fewer than 2^30 im2col elements per image for ") +
                                       what + " but one image needs " + std::to_string(Mc * g.cols()));
   return ColGeom{static_cast<int>(g.Ho * g.Wo), static_cast<int>(g.Wo), static_cast<int>(g.kh * g.kw),
                  static_cast<int>(g.kw)};
