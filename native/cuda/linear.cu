@@ -21,6 +21,13 @@ __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
   for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] = b[col.c];
 }
 
+// The activation of the epilogues: act 1 StarReLU sv * relu(v)^2 + bv, act 2 SquaredReLU (sv 1, bv 0).
+__device__ __forceinline__ float activate(float v, int act, float sv, float bv) {
+  if (act == 0) return v;
+  const float r = fmaxf(v, 0.0f);
+  return fmaf(sv * r, r, bv);
+}
+
 // y = act(t + b) or y += act(t + b) over [n / N, N]; t may be y itself (in place, accumulate 0).
 __global__ void act_epilogue_kernel(const float* t,                 // [n]
                                     float* y,                       // [n]
@@ -35,10 +42,7 @@ __global__ void act_epilogue_kernel(const float* t,                 // [n]
   for (int64_t i = i0; i < n; i += stride, col.advance()) {
     float v = t[i];
     if (b) v += b[col.c];
-    if (act != 0) {
-      float r = fmaxf(v, 0.0f);
-      v = fmaf(sv * r, r, bv);
-    }
+    v = activate(v, act, sv, bv);
     y[i] = accumulate ? y[i] + v : v;
   }
 }
@@ -52,20 +56,14 @@ __global__ void act_epilogue_vec4_kernel(const float4* t, float4* y, const float
   const int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   ColumnOf col(i0, stride, N4);
-  auto one = [&](float v) {
-    if (act != 0) {
-      const float r = fmaxf(v, 0.0f);
-      v = fmaf(sv * r, r, bv);
-    }
-    return v;
-  };
   for (int64_t i = i0; i < n4; i += stride, col.advance()) {
     float4 v = t[i];
     if (b) {
       const float4 c = b[col.c];
       v.x += c.x, v.y += c.y, v.z += c.z, v.w += c.w;
     }
-    v = make_float4(one(v.x), one(v.y), one(v.z), one(v.w));
+    v = make_float4(activate(v.x, act, sv, bv), activate(v.y, act, sv, bv), activate(v.z, act, sv, bv),
+                    activate(v.w, act, sv, bv));
     if (accumulate) {
       const float4 o = y[i];
       v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
