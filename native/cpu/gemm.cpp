@@ -160,7 +160,7 @@ Entry& lookup(const GemmShape& s, Precision p) {
     };
     // A reference implementation (CPUs with AVX-512 but no bf16 instructions may get one) would be
     // far slower than the emulation, so it counts as unsupported. So do batched products: on an AMX
-    // CPU (Sapphire Rapids class, 8 and 16 threads) oneDNN 2.6's bf16 matmul returned wrong attention
+    // Xeon (8 and 16 threads) oneDNN 2.6's bf16 matmul returned wrong attention
     // products for 49 tokens (relative error 0.25 in every row; right on 1 thread, and for 47, 64 and
     // 196 tokens), also with K padded to even; those take the emulation (attention's share is small).
     try {
