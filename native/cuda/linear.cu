@@ -21,17 +21,28 @@ __global__ void broadcast_rows_kernel(const float* __restrict__ b,  // [N]
   for (int64_t i = i0; i < total; i += stride, col.advance()) y[i] = b[col.c];
 }
 
-// The activation of the epilogues: act 1 StarReLU sv * relu(v)^2 + bv, act 2 SquaredReLU (sv 1, bv 0).
+// The activation of the epilogues: act 1 StarReLU sv * relu(v)^2 + bv, act 2 SquaredReLU (sv 1, bv 0);
+// on one value or four (float4: the same arithmetic per element).
 __device__ __forceinline__ float activate(float v, int act, float sv, float bv) {
   if (act == 0) return v;
   const float r = fmaxf(v, 0.0f);
   return fmaf(sv * r, r, bv);
 }
+__device__ __forceinline__ float4 activate(float4 v, int act, float sv, float bv) {
+  return make_float4(activate(v.x, act, sv, bv), activate(v.y, act, sv, bv), activate(v.z, act, sv, bv),
+                     activate(v.w, act, sv, bv));
+}
+__device__ __forceinline__ float plus(float a, float b) { return a + b; }
+__device__ __forceinline__ float4 plus(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
 
-// y = act(t + b) or y += act(t + b) over [n / N, N]; t may be y itself (in place, accumulate 0).
-__global__ void act_epilogue_kernel(const float* t,                 // [n]
-                                    float* y,                       // [n]
-                                    const float* __restrict__ b,    // [N] or null
+// y = act(t + b) or y += act(t + b) over [n / N, N] elements of T (float, or float4 when N % 4 == 0 and
+// t, y, b are 16-byte aligned: n and N then count float4); t may be y itself (in place, accumulate 0).
+template <typename T>
+__global__ void act_epilogue_kernel(const T* t,                     // [n]
+                                    T* y,                           // [n]
+                                    const T* __restrict__ b,        // [N] or null
                                     const float* __restrict__ s,    // [1] or null (act 1)
                                     const float* __restrict__ sb,   // [1] or null (act 1)
                                     int64_t n, int64_t N, int act, int accumulate) {
@@ -40,35 +51,10 @@ __global__ void act_epilogue_kernel(const float* t,                 // [n]
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   ColumnOf col(i0, stride, N);
   for (int64_t i = i0; i < n; i += stride, col.advance()) {
-    float v = t[i];
-    if (b) v += b[col.c];
+    T v = t[i];
+    if (b) v = plus(v, b[col.c]);
     v = activate(v, act, sv, bv);
-    y[i] = accumulate ? y[i] + v : v;
-  }
-}
-
-// act_epilogue_kernel four columns at a time (N % 4 == 0, t, y and b 16-byte aligned): the same
-// arithmetic per element, 16-byte accesses. n4, N4: counts of float4.
-__global__ void act_epilogue_vec4_kernel(const float4* t, float4* y, const float4* __restrict__ b,
-                                         const float* __restrict__ s, const float* __restrict__ sb, int64_t n4,
-                                         int64_t N4, int act, int accumulate) {
-  const float sv = s ? *s : 1.0f, bv = sb ? *sb : 0.0f;
-  const int64_t i0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  ColumnOf col(i0, stride, N4);
-  for (int64_t i = i0; i < n4; i += stride, col.advance()) {
-    float4 v = t[i];
-    if (b) {
-      const float4 c = b[col.c];
-      v.x += c.x, v.y += c.y, v.z += c.z, v.w += c.w;
-    }
-    v = make_float4(activate(v.x, act, sv, bv), activate(v.y, act, sv, bv), activate(v.z, act, sv, bv),
-                    activate(v.w, act, sv, bv));
-    if (accumulate) {
-      const float4 o = y[i];
-      v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
-    }
-    y[i] = v;
+    y[i] = accumulate ? plus(y[i], v) : v;
   }
 }
 
@@ -117,11 +103,12 @@ void fused_linear_fwd(const OpArgs& a) {
   const float* B = b.present() ? b.f() : nullptr;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (N % 4 == 0 && aligned(t) && aligned(y.f()) && (!B || aligned(B))) {
-    act_epilogue_vec4_kernel<<<grid_for(M * N / 4, 256), 256, 0, stream()>>>(
+    act_epilogue_kernel<float4><<<grid_for(M * N / 4, 256), 256, 0, stream()>>>(
         reinterpret_cast<const float4*>(t), reinterpret_cast<float4*>(y.f()), reinterpret_cast<const float4*>(B), S, SB,
         M * N / 4, N / 4, act, acc ? 1 : 0);
   } else {
-    act_epilogue_kernel<<<grid_for(M * N, 256), 256, 0, stream()>>>(t, y.f(), B, S, SB, M * N, N, act, acc ? 1 : 0);
+    act_epilogue_kernel<float><<<grid_for(M * N, 256), 256, 0, stream()>>>(t, y.f(), B, S, SB, M * N, N, act,
+                                                                         acc ? 1 : 0);
   }
   after_launch("fused_linear (epilogue)");
 }
