@@ -108,20 +108,6 @@ def main():
             lines.append(f"| {kind} | {r['dir']} | {r['shape']} | {r['batch']} | {fmt(r['ms'], 4)} | {r['gbps']:.0f} | "
                          f"{fmt(t32, 4)} | {fmt(ratio(t32, r['ms']), 2)} | {fmt(o16, 4)} | {fmt(t16, 4)} | "
                          f"{fmt(ratio(t16, o16), 2)} |")
-    variants = [r for r in ours if str(r.get("bench", "")).startswith("dwconv7x7-v")]
-    if variants:
-        names = sorted({r["bench"] for r in variants})
-        lines += ["", "## Depthwise forward variants (ms; the fastest becomes the only one)", "",
-                  "v1: shared-memory tiles (the default); " + ", ".join(n.split("-")[1] for n in names) +
-                  ": register rows (dwconv.cu).", "",
-                  "| shape | B | v1 | " + " | ".join(n.split("-")[1] for n in names) + " |",
-                  "|---|---|---|" + "---|" * len(names)]
-        for r in kern:
-            if r["bench"] != "dwconv7x7" or r["dir"] != "fwd":
-                continue
-            vs = [next((v["ms"] for v in variants if v["bench"] == n and v["shape"] == r["shape"]
-                        and v["batch"] == r["batch"]), None) for n in names]
-            lines.append(f"| {r['shape']} | {r['batch']} | {fmt(r['ms'], 4)} | " + " | ".join(fmt(v, 4) for v in vs) + " |")
     model_names = sorted({r["name"].rsplit("_b", 1)[0] for r in mods} |
                          {r["model"] for r in torch_rows if r.get("kind") == "model"})
     if model_names:

@@ -17,6 +17,8 @@
 // run on the tensor cores (attn32_fwd_tc_kernel: mma.sync m16n8k16, the probabilities never leave
 // registers); older GPUs round the operands in the fp32 kernel. Other head sizes and the backward ignore
 // the precision (fp32).
+#include <cuda_bf16.h>
+
 #include <cmath>
 
 #include "../core/numeric.h"
@@ -173,23 +175,32 @@ __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restri
 
 // ---------------------------------------------------------------------------------------------------
 // bf16 forward on the tensor cores (head_dim 32, compute capability 8.0+). A warp owns 16 queries; the 4
-// warps of a block share each staged chunk of 64 keys. Per chunk: S = q k^T (2 k-steps x 8 tiles of 8
-// keys, m16n8k16 with bf16 operands and fp32 accumulators), the online softmax on S's accumulator
-// fragments, then O += P v (4 k-steps of 16 keys x 4 tiles of 8 head-dim columns). An accumulator
-// fragment of two neighbouring key tiles is exactly the A fragment of the next product, so P goes from
-// registers to the tensor cores as it is. Fragment layout (lane = 4 * gr + tig): A regs 0-3 hold
-// (row gr, k 2tig..+1), (gr + 8, 2tig..), (gr, 8 + 2tig..), (gr + 8, 8 + 2tig..); B regs 0-1 hold
+// warps of a block share the keys staged in shared memory, up to 256 per round (so one round for the
+// MetaFormer token counts 49 and 196), converted to bf16 once. Per chunk of 64 staged keys: S = q k^T
+// (2 k-steps x 8 tiles of 8 keys, m16n8k16 with bf16 operands and fp32 accumulators), the online softmax
+// on S's accumulator fragments, then O += P v (4 k-steps of 16 keys x 4 tiles of 8 head-dim columns);
+// the tiles past the last key are skipped (a warp-uniform test), so 196 keys cost 200, not 256. An
+// accumulator fragment of two neighbouring key tiles is exactly the A fragment of the next product, so P
+// goes from registers to the tensor cores as it is. Fragment layout (lane = 4 * gr + tig): A regs 0-3
+// hold (row gr, k 2tig..+1), (gr + 8, 2tig..), (gr, 8 + 2tig..), (gr + 8, 8 + 2tig..); B regs 0-1 hold
 // (k 2tig..+1, col gr), (k 8 + 2tig.., gr); C holds (gr, 2tig), (gr, 2tig + 1), (gr + 8, 2tig), (gr + 8,
-// 2tig + 1). k is staged [key][d] and v transposed [d][key], bf16, their rows padded (20 and 36 words)
-// so that a warp's fragment loads hit 32 different banks.
+// 2tig + 1). k is staged [key][d] and v transposed [d][key], bf16. Bank arithmetic: k rows of 20 words
+// and v^T rows of 132 words (4 mod 8) make a warp's fragment loads hit 32 different banks; v^T is
+// written as words holding two neighbouring keys, a warp covering 16 key pairs x 2 groups of 4 head-dim
+// columns, which also hits 32 banks (and reads whole 32-byte segments of the qkv rows).
 constexpr int TC_WARPS = 4;
+constexpr int TC_THREADS = 32 * TC_WARPS;
 constexpr int TC_ROWS = 16 * TC_WARPS;  // queries per block
-constexpr int TC_KEYS = 64;             // keys per chunk
+constexpr int TC_KEYS = 64;             // keys per compute chunk
+constexpr int TC_STAGE = 4 * TC_KEYS;   // keys staged per round
 constexpr int TC_KROW = HD + 8;         // bf16 per staged k row
-constexpr int TC_VROW = TC_KEYS + 8;    // bf16 per staged v^T row
+constexpr int TC_VROW = TC_STAGE + 8;   // bf16 per staged v^T row
+constexpr int TC_VW = TC_VROW / 2;      // the same in 32-bit words
 
+// Two floats rounded to bfloat16 (to nearest even, as f32_to_bf16), lo in the low half.
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  return static_cast<uint32_t>(f32_to_bf16(lo)) | (static_cast<uint32_t>(f32_to_bf16(hi)) << 16);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -207,11 +218,11 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-__global__ void __launch_bounds__(32 * TC_WARPS) attn32_fwd_tc_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
-                                                                      float* __restrict__ out,        // [B, N, A]
-                                                                      float* __restrict__ lse,  // [B, heads, N] or null
-                                                                      Geo g, float qmul) {  // scale * log2(e)
-  __shared__ __align__(16) uint16_t sK[TC_KEYS][TC_KROW];
+__global__ void __launch_bounds__(TC_THREADS) attn32_fwd_tc_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
+                                                                   float* __restrict__ out,        // [B, N, A]
+                                                                   float* __restrict__ lse,  // [B, heads, N] or null
+                                                                   Geo g, float qmul) {  // scale * log2(e)
+  __shared__ __align__(16) uint16_t sK[TC_STAGE][TC_KROW];
   __shared__ __align__(16) uint16_t sVt[HD][TC_VROW];
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
@@ -221,6 +232,7 @@ __global__ void __launch_bounds__(32 * TC_WARPS) attn32_fwd_tc_kernel(const floa
   const int ra = r0 + gr, rb = ra + 8;                                  // this thread's two rows
   const float* base = qkv + b * g.N * g.row;
   const bool active = r0 < g.N;  // the same for the whole warp
+  const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
   uint32_t qa[2][4];  // q as A fragments, bf16 (the scale goes on the fp32 scores)
 #pragma unroll
@@ -239,80 +251,99 @@ __global__ void __launch_bounds__(32 * TC_WARPS) attn32_fwd_tc_kernel(const floa
   for (int jd = 0; jd < 4; ++jd) o[jd][0] = o[jd][1] = o[jd][2] = o[jd][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows ra, rb: running max (log2 units), sum
 
-  for (int k0 = 0; k0 < g.N; k0 += TC_KEYS) {
-    __syncthreads();  // the previous chunk is consumed
-    for (int idx = threadIdx.x; idx < TC_KEYS * (HD / 4); idx += blockDim.x) {
-      const int key = idx / (HD / 4), part = idx % (HD / 4), m = k0 + key;
-      float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;  // zeros past N
-      if (m < g.N) {
-        const float* rowp = base + static_cast<int64_t>(m) * g.row + h * HD + 4 * part;
-        kv = *reinterpret_cast<const float4*>(rowp + g.A);
-        vv = *reinterpret_cast<const float4*>(rowp + 2 * g.A);
-      }
+  for (int s0 = 0; s0 < g.N; s0 += TC_STAGE) {
+    const int left = (g.N - s0 + TC_KEYS - 1) / TC_KEYS * TC_KEYS;
+    const int staged = left < TC_STAGE ? left : TC_STAGE;  // a multiple of 64; zeros past N
+    __syncthreads();  // the previous round is consumed
+    // k: a warp copies 4 keys x 8 float4 (128 contiguous bytes of each row)
+#pragma unroll 4
+    for (int idx = threadIdx.x; idx < staged * (HD / 4); idx += TC_THREADS) {
+      const int key = idx >> 3, part = idx & 7, m = s0 + key;
+      const float4 kv =
+          m < g.N ? *reinterpret_cast<const float4*>(base + static_cast<int64_t>(m) * g.row + g.A + h * HD + 4 * part)
+                  : zero4;
       *reinterpret_cast<uint2*>(&sK[key][4 * part]) = make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
-      sVt[4 * part][key] = f32_to_bf16(vv.x);
-      sVt[4 * part + 1][key] = f32_to_bf16(vv.y);
-      sVt[4 * part + 2][key] = f32_to_bf16(vv.z);
-      sVt[4 * part + 3][key] = f32_to_bf16(vv.w);
+    }
+    // v^T: a thread packs 4 head-dim columns of keys 2 kp and 2 kp + 1 into four words
+    const int pair_groups = staged / 32;  // groups of 16 key pairs
+#pragma unroll 2
+    for (int idx = threadIdx.x; idx < staged * (HD / 8); idx += TC_THREADS) {
+      const int rest = idx >> 5;
+      const int kp = (rest % pair_groups) * 16 + (idx & 15);
+      const int part = (rest / pair_groups) * 2 + ((idx >> 4) & 1);
+      const int m = s0 + 2 * kp;
+      const float* vp = base + static_cast<int64_t>(m) * g.row + 2 * g.A + h * HD + 4 * part;
+      const float4 va = m < g.N ? *reinterpret_cast<const float4*>(vp) : zero4;
+      const float4 vb = m + 1 < g.N ? *reinterpret_cast<const float4*>(vp + g.row) : zero4;
+      uint32_t* col = reinterpret_cast<uint32_t*>(&sVt[4 * part][2 * kp]);
+      col[0] = pack_bf16(va.x, vb.x);
+      col[TC_VW] = pack_bf16(va.y, vb.y);
+      col[2 * TC_VW] = pack_bf16(va.z, vb.z);
+      col[3 * TC_VW] = pack_bf16(va.w, vb.w);
     }
     __syncthreads();
     if (!active) continue;
 
-    float s[8][4];  // scores of 8 tiles of 8 keys
+    for (int c0 = 0; c0 < staged; c0 += TC_KEYS) {
+      const int kn = g.N - s0 - c0;  // keys of this chunk that exist (at least 1; may exceed TC_KEYS)
+      float s[8][4];                 // scores of 8 tiles of 8 keys
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      const uint16_t* kr = &sK[8 * j + gr][2 * tig];
+      for (int j = 0; j < 8; ++j) {
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        if (8 * j < kn) {
+          const uint16_t* kr = &sK[c0 + 8 * j + gr][2 * tig];
 #pragma unroll
-      for (int kk = 0; kk < 2; ++kk) mma_bf16(s[j], qa[kk], ld32(kr + 16 * kk), ld32(kr + 16 * kk + 8));
-    }
-    const int kn = g.N - k0;  // keys of this chunk that exist (may exceed TC_KEYS)
-    float mx0 = m0, mx1 = m1;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const bool ok = 8 * j + 2 * tig + e < kn;
-        s[j][e] = ok ? s[j][e] * qmul : -INFINITY;
-        s[j][2 + e] = ok ? s[j][2 + e] * qmul : -INFINITY;
-        mx0 = fmaxf(mx0, s[j][e]);
-        mx1 = fmaxf(mx1, s[j][2 + e]);
+          for (int kk = 0; kk < 2; ++kk) mma_bf16(s[j], qa[kk], ld32(kr + 16 * kk), ld32(kr + 16 * kk + 8));
+        }
       }
-    // a row's 4 threads (same gr) hold its 64 scores between them
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);  // 0 on the first chunk (m = -inf)
-    m0 = mx0;
-    m1 = mx1;
-    l0 *= c0;
-    l1 *= c1;
+      float mx0 = m0, mx1 = m1;
 #pragma unroll
-    for (int jd = 0; jd < 4; ++jd) {
-      o[jd][0] *= c0;
-      o[jd][1] *= c0;
-      o[jd][2] *= c1;
-      o[jd][3] *= c1;
-    }
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {  // keys 16 kk .. 16 kk + 15: score tiles 2 kk and 2 kk + 1
-      float p[2][4];
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        p[t][0] = exp2f(s[2 * kk + t][0] - m0);  // 0 for the keys past N
-        p[t][1] = exp2f(s[2 * kk + t][1] - m0);
-        p[t][2] = exp2f(s[2 * kk + t][2] - m1);
-        p[t][3] = exp2f(s[2 * kk + t][3] - m1);
-      }
-      l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-      l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
-      const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
-                              pack_bf16(p[1][2], p[1][3])};
+        for (int e = 0; e < 2; ++e) {
+          const bool ok = 8 * j + 2 * tig + e < kn;
+          s[j][e] = ok ? s[j][e] * qmul : -INFINITY;
+          s[j][2 + e] = ok ? s[j][2 + e] * qmul : -INFINITY;
+          mx0 = fmaxf(mx0, s[j][e]);
+          mx1 = fmaxf(mx1, s[j][2 + e]);
+        }
+      // a row's 4 threads (same gr) hold its 64 scores between them
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float c0s = exp2f(m0 - mx0), c1s = exp2f(m1 - mx1);  // 0 on the first chunk (m = -inf)
+      m0 = mx0;
+      m1 = mx1;
+      l0 *= c0s;
+      l1 *= c1s;
 #pragma unroll
       for (int jd = 0; jd < 4; ++jd) {
-        const uint16_t* vr = &sVt[8 * jd + gr][16 * kk + 2 * tig];
-        mma_bf16(o[jd], pa, ld32(vr), ld32(vr + 8));
+        o[jd][0] *= c0s;
+        o[jd][1] *= c0s;
+        o[jd][2] *= c1s;
+        o[jd][3] *= c1s;
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {  // keys 16 kk .. 16 kk + 15: score tiles 2 kk and 2 kk + 1
+        if (16 * kk >= kn) break;        // the rest of the chunk is past N (probabilities 0)
+        float p[2][4];
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          p[t][0] = exp2f(s[2 * kk + t][0] - m0);  // 0 for the keys past N
+          p[t][1] = exp2f(s[2 * kk + t][1] - m0);
+          p[t][2] = exp2f(s[2 * kk + t][2] - m1);
+          p[t][3] = exp2f(s[2 * kk + t][3] - m1);
+        }
+        l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+        l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
+        const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
+                                pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+        for (int jd = 0; jd < 4; ++jd) {
+          const uint16_t* vr = &sVt[8 * jd + gr][c0 + 16 * kk + 2 * tig];
+          mma_bf16(o[jd], pa, ld32(vr), ld32(vr + 8));
+        }
       }
     }
   }

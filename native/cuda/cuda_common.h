@@ -24,9 +24,6 @@ cudaStream_t stream();
 int sm_count();
 // The device's compute capability as major * 10 + minor (90 for Hopper).
 int compute_capability();
-// The 7x7 depthwise forward's kernel: 1 the shared-memory tiles (default), 2 and 3 register rows of 8
-// and 4 pixels per thread (dwconv.cu; under evaluation: the checker times and checks all three).
-void set_dwconv_variant(int v);
 
 // Grid size for a grid-stride loop over n items: enough blocks to fill the device, no more.
 inline unsigned grid_for(int64_t n, int threads) {

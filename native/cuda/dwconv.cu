@@ -6,21 +6,18 @@
 //   dw[c, 0, i, j] += sum_{b,h,w} dy[b, h, w, c] * x[b, h - kh/2 + i, w - kw/2 + j, c]
 //   db[c] += sum_{b,h,w} dy[b, h, w, c]
 //
-// The 7x7 case (every MetaFormer SepConv) has shared-memory tiled kernels. A block covers a TH x TW
-// tile of output pixels for 32 channels (lane = channel, so every global access is 128 contiguous
-// bytes); it stages the (TH+6) x (TW+6) input tile and the 49 weights of its channels (pre-transposed to
-// [49, C] so that staging is coalesced) in shared memory; thread row ty computes the TW outputs of tile
-// row ty in registers. TH = TW = 7 when H and W are multiples of 7 (224-pixel inputs: 56, 28, 14, 7, so
-// no wasted tile slots), else 8. The weight gradient kernel keeps 49 accumulators per thread over many
-// tiles and writes one partial per (block, row); cuda_common's add_partials sums them in fixed order.
-// Other odd kernel sizes use simple direct kernels (correct, not tuned).
-//
-// Under evaluation (set_dwconv_variant(2 or 3); the checker times and checks all three): a forward
-// without shared memory, each thread 4 channels (float4) x 8 (or 4) output pixels of one row, a block
-// 32 float4 lanes x 8 rows of the same columns, so the input rows a block reads stay in L1 for its rows. The first run on a
-// GPU had the tiled forward at ~20% of the memory bandwidth.
-#include <atomic>
-
+// The 7x7 case (every MetaFormer SepConv) has fast kernels. The forward (and dx, the forward with flipped
+// weights) uses no shared memory: a thread computes TW = 8 neighbouring output pixels of one row for one
+// lane of channels (a float4 of 4 channels when C % 4 == 0 and the pointers are 16-byte aligned, else one
+// float), sliding a 14-pixel input window through registers row by row; a block is 32 lanes x 8 output
+// rows of the same columns, so the input rows its threads share stay in L1. Weights are pre-transposed
+// to [49, C] so that a warp's weight loads are contiguous. On an H200 it ran at 1.4-1.75x the earlier
+// shared-memory tiled forward at batch 64-256 (bench/RESULTS-gpu.md, "Depthwise forward variants").
+// The weight gradient stages a TH x TW tile of inputs and output gradients in shared memory (lane =
+// channel, TH = TW = 7 when H and W are multiples of 7 (224-pixel inputs: 56, 28, 14, 7), else 8), keeps
+// 49 accumulators per thread over many tiles and writes one partial per (block, row); cuda_common's
+// add_partials sums them in fixed order. Other odd kernel sizes use simple direct kernels (correct, not
+// tuned).
 #include "cuda_common.h"
 
 namespace mf::cuda {
@@ -42,114 +39,63 @@ __global__ void transpose_weights_kernel(const float* __restrict__ w,  // [C, kk
   }
 }
 
-std::atomic<int> g_variant{1};
+constexpr int FW_ROWS = 8;  // output rows per forward block
+constexpr int FW_TW = 8;    // output pixels per forward thread
 
-constexpr int V2_ROWS = 8;
-
-__device__ __forceinline__ void fma4(float4& acc, const float4& a, const float4& w) {
+__device__ __forceinline__ void fma_lane(float& acc, float a, float w) { acc = fmaf(a, w, acc); }
+__device__ __forceinline__ void fma_lane(float4& acc, const float4& a, const float4& w) {
   acc.x = fmaf(a.x, w.x, acc.x);
   acc.y = fmaf(a.y, w.y, acc.y);
   acc.z = fmaf(a.z, w.z, acc.z);
   acc.w = fmaf(a.w, w.w, acc.w);
 }
 
-// Variants 2 (TW = 8 pixels per thread) and 3 (TW = 4) of the forward (or dx with flipped weights),
-// C % 4 == 0: grid.x = ceil(C4 / 32), grid.y = wblocks * ceil(H / 8), grid.z = B; block (32, 8). Sums in
-// the tiled kernel's order (rows, then taps). MINB: blocks per SM asked of the register allocator
-// (TW = 8 at 2: 128 registers, 28 bytes spilled; TW = 4 at 3: 80 registers, 24 bytes spilled).
-template <int V2_TW, int MINB>
-__global__ void __launch_bounds__(32 * V2_ROWS, MINB) dw7_forward_v2_kernel(const float4* __restrict__ x,   // [B, H, W, C4]
-                                                                      const float4* __restrict__ wT,  // [49, C4]
-                                                                      const float4* __restrict__ bias,  // [C4] or null
-                                                                      float4* __restrict__ y,         // [B, H, W, C4]
-                                                                      int H, int W, int C4, int wblocks) {
-  const int c4 = static_cast<int>(blockIdx.x) * 32 + static_cast<int>(threadIdx.x);
-  const int wb = static_cast<int>(blockIdx.y) % wblocks, h = static_cast<int>(blockIdx.y) / wblocks * V2_ROWS +
-                                                              static_cast<int>(threadIdx.y);
-  const int64_t b = blockIdx.z;
-  if (c4 >= C4 || h >= H) return;  // (no barrier in this kernel)
-  const int w0 = wb * V2_TW;
-  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  const float4 bv = bias ? bias[c4] : zero;
-  float4 acc[V2_TW];
+// Forward (or dx with flipped weights) over lanes of type V (float, or float4 = 4 channels):
+// blockIdx.x = spatial block * lane_blocks + lane block (lane blocks of 32 lanes), spatial block =
+// row block (FW_ROWS rows) * wblocks + column block (FW_TW columns); blockIdx.y = image. Sums in the
+// order bias, then rows, then taps (as the reference does per output). MINB: blocks per SM asked of the
+// register allocator (float4 at 2: 128 registers).
+template <typename V, int MINB>
+__global__ void __launch_bounds__(32 * FW_ROWS, MINB) dw7_forward_kernel(const V* __restrict__ x,     // [B, H, W, CV]
+                                                                      const V* __restrict__ wT,    // [49, CV]
+                                                                      const V* __restrict__ bias,  // [CV] or null
+                                                                      V* __restrict__ y,           // [B, H, W, CV]
+                                                                      int H, int W, int CV, int lane_blocks,
+                                                                      int wblocks) {
+  const int lb = static_cast<int>(blockIdx.x % lane_blocks);
+  const int sp = static_cast<int>(blockIdx.x / lane_blocks);
+  const int cv = lb * 32 + static_cast<int>(threadIdx.x);
+  const int h = sp / wblocks * FW_ROWS + static_cast<int>(threadIdx.y), w0 = sp % wblocks * FW_TW;
+  const int64_t b = blockIdx.y;
+  if (cv >= CV || h >= H) return;  // (no barrier in this kernel)
+  const V zero{};
+  const V bv = bias ? bias[cv] : zero;
+  V acc[FW_TW];
 #pragma unroll
-  for (int o = 0; o < V2_TW; ++o) acc[o] = bv;
-  const float4* xb = x + b * H * static_cast<int64_t>(W) * C4 + c4;
+  for (int o = 0; o < FW_TW; ++o) acc[o] = bv;
+  const V* xb = x + b * H * static_cast<int64_t>(W) * CV + cv;
 #pragma unroll 1
   for (int i = 0; i < K7; ++i) {
     const int hh = h - 3 + i;
     if (hh < 0 || hh >= H) continue;
-    const float4* row = xb + static_cast<int64_t>(hh) * W * C4;
-    float4 win[V2_TW + K7 - 1];
+    const V* row = xb + static_cast<int64_t>(hh) * W * CV;
+    V win[FW_TW + K7 - 1];
 #pragma unroll
-    for (int j = 0; j < V2_TW + K7 - 1; ++j) {
+    for (int j = 0; j < FW_TW + K7 - 1; ++j) {
       const int ww = w0 - 3 + j;
-      win[j] = ww >= 0 && ww < W ? __ldg(row + static_cast<int64_t>(ww) * C4) : zero;
+      win[j] = ww >= 0 && ww < W ? __ldg(row + static_cast<int64_t>(ww) * CV) : zero;
     }
 #pragma unroll
     for (int j = 0; j < K7; ++j) {
-      const float4 wv = __ldg(wT + (i * K7 + j) * C4 + c4);
+      const V wv = __ldg(wT + static_cast<int64_t>(i * K7 + j) * CV + cv);
 #pragma unroll
-      for (int o = 0; o < V2_TW; ++o) fma4(acc[o], win[o + j], wv);
+      for (int o = 0; o < FW_TW; ++o) fma_lane(acc[o], win[o + j], wv);
     }
   }
-  float4* yr = y + (b * H + h) * static_cast<int64_t>(W) * C4 + c4;
+  V* yr = y + (b * H + h) * static_cast<int64_t>(W) * CV + cv;
 #pragma unroll
-  for (int o = 0; o < V2_TW; ++o)
-    if (w0 + o < W) yr[static_cast<int64_t>(w0 + o) * C4] = acc[o];
-}
-
-// Forward (or dx with flipped weights): grid.x = B * tiles_h * tiles_w, grid.y = ceil(C / 32).
-template <int TH, int TW>
-__global__ void __launch_bounds__(32 * TH, 3) dw7_forward_kernel(const float* __restrict__ x,     // [B, H, W, C]
-                                                              const float* __restrict__ wT,    // [49, C]
-                                                              const float* __restrict__ bias,  // [C] or null
-                                                              float* __restrict__ y,           // [B, H, W, C]
-                                                              int H, int W, int C, int tiles_h, int tiles_w) {
-  constexpr int IH = TH + K7 - 1, IW = TW + K7 - 1;
-  __shared__ float s_in[IH][IW][32];
-  __shared__ float s_w[KK7][32];
-  const int lane = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + lane;
-  const int c = blockIdx.y * 32 + lane;
-  const int tw = blockIdx.x % tiles_w;
-  const int th = (blockIdx.x / tiles_w) % tiles_h;
-  const int64_t b = blockIdx.x / (tiles_w * tiles_h);
-  const int h0 = th * TH, w0 = tw * TW;
-  const float* xb = x + b * H * W * static_cast<int64_t>(C);
-
-  for (int t = ty; t < KK7; t += TH) s_w[t][lane] = c < C ? wT[static_cast<int64_t>(t) * C + c] : 0.0f;
-  for (int p = tid >> 5; p < IH * IW; p += TH) {  // 32 * TH threads: lane stays the channel
-    int r = p / IW, col = p % IW;
-    int hh = h0 - 3 + r, ww = w0 - 3 + col;
-    float v = 0.0f;
-    if (c < C && hh >= 0 && hh < H && ww >= 0 && ww < W) v = xb[(static_cast<int64_t>(hh) * W + ww) * C + c];
-    s_in[r][col][lane] = v;
-  }
-  __syncthreads();
-
-  float acc[TW];
-  const float b0 = (bias && c < C) ? bias[c] : 0.0f;
-#pragma unroll
-  for (int o = 0; o < TW; ++o) acc[o] = b0;
-#pragma unroll 1
-  for (int i = 0; i < K7; ++i) {
-    float v[IW];
-#pragma unroll
-    for (int j = 0; j < IW; ++j) v[j] = s_in[ty + i][j][lane];
-#pragma unroll
-    for (int j = 0; j < K7; ++j) {
-      const float wv = s_w[i * K7 + j][lane];
-#pragma unroll
-      for (int o = 0; o < TW; ++o) acc[o] = fmaf(v[o + j], wv, acc[o]);
-    }
-  }
-  const int oh = h0 + ty;
-  if (c < C && oh < H) {
-    float* yr = y + (b * H + oh) * W * static_cast<int64_t>(C);
-#pragma unroll
-    for (int o = 0; o < TW; ++o)
-      if (w0 + o < W) yr[static_cast<int64_t>(w0 + o) * C + c] = acc[o];
-  }
+  for (int o = 0; o < FW_TW; ++o)
+    if (w0 + o < W) yr[static_cast<int64_t>(w0 + o) * CV] = acc[o];
 }
 
 // Weight gradient: grid.x = P blocks striding over the B * tiles_h * tiles_w tiles, grid.y = ceil(C / 32).
@@ -274,20 +220,30 @@ Geom geom(const TensorView& x, const TensorView& w) {
               static_cast<int>(w.shape[3])};
 }
 
-bool tiled_ok(const Geom& g) {  // the tiled kernels put ceil(C / 32) in grid.y (at most 65535)
+bool fast7(const Geom& g) {  // the 7x7 kernels index rows and columns with int
+  return g.kh == K7 && g.kw == K7 && g.H < (1 << 20) && g.W < (1 << 20) && g.C < (int64_t(1) << 31);
+}
+
+bool tiled_ok(const Geom& g) {  // the weight-gradient tiles put ceil(C / 32) in grid.y (at most 65535)
   return g.kh == K7 && g.kw == K7 && g.H < (1 << 20) && g.W < (1 << 20) && g.C <= int64_t(65535) * 32;
 }
 
-template <int TH, int TW>
+template <typename V, int MINB>
 void launch_forward7(const Geom& g, const float* x, const float* wT, const float* bias, float* y, const char* what) {
-  int tiles_h = static_cast<int>(ceil_div(g.H, TH)), tiles_w = static_cast<int>(ceil_div(g.W, TW));
-  int64_t nx = g.B * tiles_h * tiles_w;
-  if (nx > 2147483647) throw Error(ErrorKind::range, "dwconv2d: expected fewer tiles than 2^31 for x");
-  dim3 grid(static_cast<unsigned>(nx), static_cast<unsigned>(ceil_div(g.C, 32)));
-  dw7_forward_kernel<TH, TW><<<grid, dim3(32, TH), 0, stream()>>>(x, wT, bias, y, static_cast<int>(g.H),
-                                                                   static_cast<int>(g.W), static_cast<int>(g.C),
-                                                                   tiles_h, tiles_w);
-  after_launch(what);
+  constexpr int per = static_cast<int>(sizeof(V) / sizeof(float));
+  const int cv = static_cast<int>(g.C / per), lane_blocks = static_cast<int>(ceil_div(cv, 32));
+  const int wblocks = static_cast<int>(ceil_div(g.W, FW_TW));
+  const int64_t nx = int64_t(lane_blocks) * wblocks * ceil_div(g.H, FW_ROWS);
+  if (nx > 2147483647) throw Error(ErrorKind::range, "dwconv2d: expected fewer than 2^31 blocks for x");
+  const int64_t image = g.H * g.W * g.C;
+  for (int64_t b0 = 0; b0 < g.B; b0 += 65535) {  // grid.y holds at most 65535 images
+    const int64_t nb = g.B - b0 < 65535 ? g.B - b0 : 65535;
+    dw7_forward_kernel<V, MINB><<<dim3(static_cast<unsigned>(nx), static_cast<unsigned>(nb)), dim3(32, FW_ROWS), 0,
+                                  stream()>>>(
+        reinterpret_cast<const V*>(x + b0 * image), reinterpret_cast<const V*>(wT), reinterpret_cast<const V*>(bias),
+        reinterpret_cast<V*>(y + b0 * image), static_cast<int>(g.H), static_cast<int>(g.W), cv, lane_blocks, wblocks);
+    after_launch(what);
+  }
 }
 
 // x[B,H,W,C] (or dy for dx), w[C,1,7,7], bias[C]?, y[B,H,W,C]; flip: dx.
@@ -296,26 +252,10 @@ void forward7(const Geom& g, const float* x, const float* w, const float* bias, 
   transpose_weights_kernel<<<grid_for(g.C * KK7, 256), 256, 0, stream()>>>(w, g.C, KK7, flip ? 1 : 0, wT.as<float>());
   after_launch(what);
   auto aligned = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const int variant = g_variant.load(std::memory_order_relaxed);
-  if (variant >= 2 && g.C % 4 == 0 && g.B <= 65535 && aligned(x) && aligned(y) && (!bias || aligned(bias))) {
-    const int tw = variant == 2 ? 8 : 4;
-    const int c4 = static_cast<int>(g.C / 4), wblocks = static_cast<int>(ceil_div(g.W, tw));
-    const int64_t gy = wblocks * ceil_div(g.H, V2_ROWS);
-    if (gy > 65535) throw Error(ErrorKind::range, "dwconv2d: expected a smaller image for x");
-    dim3 grid(static_cast<unsigned>(ceil_div(c4, 32)), static_cast<unsigned>(gy), static_cast<unsigned>(g.B));
-    auto args = [&](auto kernel) {
-      kernel<<<grid, dim3(32, V2_ROWS), 0, stream()>>>(
-          reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(wT.as<float>()),
-          reinterpret_cast<const float4*>(bias), reinterpret_cast<float4*>(y), static_cast<int>(g.H),
-          static_cast<int>(g.W), c4, wblocks);
-    };
-    if (variant == 2) args(dw7_forward_v2_kernel<8, 2>);
-    else args(dw7_forward_v2_kernel<4, 3>);
-    after_launch(what);
-    return;
-  }
-  if (g.H % 7 == 0 && g.W % 7 == 0) launch_forward7<7, 7>(g, x, wT.as<float>(), bias, y, what);
-  else launch_forward7<8, 8>(g, x, wT.as<float>(), bias, y, what);
+  if (g.C % 4 == 0 && aligned(x) && aligned(y) && aligned(wT.as<float>()) && (!bias || aligned(bias)))
+    launch_forward7<float4, 2>(g, x, wT.as<float>(), bias, y, what);
+  else
+    launch_forward7<float, 3>(g, x, wT.as<float>(), bias, y, what);
 }
 
 template <int TH, int TW>
@@ -339,7 +279,7 @@ void dwconv2d_fwd(const OpArgs& a) {
   const TensorView &x = a.in[0], &w = a.in[1], &b = a.in[2], &y = a.out[0];  // x,y [B,H,W,C] w[C,1,kh,kw] b[C]?
   Geom g = geom(x, w);
   if (x.numel() == 0) return;
-  if (tiled_ok(g)) {
+  if (fast7(g)) {
     forward7(g, x.f(), w.f(), b.present() ? b.f() : nullptr, y.f(), false, "dwconv2d forward");
   } else {
     dw_direct_kernel<<<grid_for(x.numel(), 256), 256, 0, stream()>>>(x.f(), w.f(), b.present() ? b.f() : nullptr,
@@ -354,7 +294,7 @@ void dwconv2d_bwd(const OpArgs& a) {
   Geom g = geom(x, w);
   if (x.numel() == 0) return;
   if (dx.present()) {
-    if (tiled_ok(g)) {
+    if (fast7(g)) {
       forward7(g, dy.f(), w.f(), nullptr, dx.f(), true, "dwconv2d backward (dx)");
     } else {
       dw_direct_kernel<<<grid_for(x.numel(), 256), 256, 0, stream()>>>(dy.f(), w.f(), nullptr, dx.f(), g.B, g.H, g.W,
@@ -378,8 +318,6 @@ void dwconv2d_bwd(const OpArgs& a) {
 }
 
 }  // namespace
-
-void set_dwconv_variant(int v) { g_variant.store(v, std::memory_order_relaxed); }
 
 }  // namespace mf::cuda
 

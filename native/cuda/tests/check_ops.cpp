@@ -414,14 +414,6 @@ void dwconv_cases(Result& r) {
     std::string nm = "x" + shape_name(s.x) + " k" + std::to_string(s.k);
     run_case({nm, OpId::dwconv2d, Dir::forward, {x, w, b}, {nan_like(s.x)}, {}}, r);
     run_case({nm + " no bias", OpId::dwconv2d, Dir::forward, {x, w, none()}, {nan_like(s.x)}, {}}, r);
-    for (int v : {2, 3}) {  // the forward variants under evaluation (C % 4 == 0 takes them), forward and dx
-      cuda::set_dwconv_variant(v);
-      const std::string vn = " variant " + std::to_string(v);
-      run_case({nm + vn, OpId::dwconv2d, Dir::forward, {x, w, b}, {nan_like(s.x)}, {}}, r);
-      run_case({nm + vn + " no bias", OpId::dwconv2d, Dir::forward, {x, w, none()}, {nan_like(s.x)}, {}}, r);
-      run_case({nm + vn, OpId::dwconv2d, Dir::backward, {randn(s.x), x, w}, {nan_like(s.x), none(), none()}, {}}, r);
-      cuda::set_dwconv_variant(1);
-    }
     run_case({nm, OpId::dwconv2d, Dir::backward, {randn(s.x), x, w}, {nan_like(s.x), randn(ws), randn({c})}, {}}, r);
   }
 }
@@ -517,10 +509,13 @@ void bf16_cases(Result& r) {
     HT x = randn({3, 49, 20}), m = randn({49, 49}, 1.0 / 7.0);
     run_case(bf({"x[3,49,20]", OpId::random_mixing, Dir::forward, {x, m}, {nan_like({3, 49, 20})}, {}}, {0, 1}), r);
   }
-  // (the tensor-core kernel: chunks of 64 keys, 64 queries per block; ends inside and at chunk edges)
+  // (the tensor-core kernel: rounds of up to 256 staged keys in chunks of 64, 64 queries per block; ends
+  // inside and at tile, chunk and round edges)
   for (auto s : {std::vector<int64_t>{2, 35, 2}, std::vector<int64_t>{3, 49, 16}, std::vector<int64_t>{1, 197, 10},
-                 std::vector<int64_t>{2, 64, 3}, std::vector<int64_t>{1, 65, 1}, std::vector<int64_t>{2, 130, 2},
-                 std::vector<int64_t>{3, 7, 4}, std::vector<int64_t>{1, 1, 2}}) {
+                 std::vector<int64_t>{2, 196, 10}, std::vector<int64_t>{2, 64, 3}, std::vector<int64_t>{1, 65, 1},
+                 std::vector<int64_t>{2, 130, 2}, std::vector<int64_t>{3, 7, 4}, std::vector<int64_t>{1, 1, 2},
+                 std::vector<int64_t>{1, 256, 2}, std::vector<int64_t>{1, 257, 3}, std::vector<int64_t>{2, 300, 1},
+                 std::vector<int64_t>{1, 577, 2}}) {
     int64_t B = s[0], N = s[1], heads = s[2], A = heads * 32;
     HT qkv = randn({B, N, 3 * A});
     run_case(bf({"B" + std::to_string(B) + " N" + std::to_string(N) + " heads " + std::to_string(heads) + " hd 32",
@@ -775,12 +770,6 @@ void bench(bool quick) {
       double elems = double(x.numel()), flops = 2.0 * 49 * elems;
       double ms = time_ms([&] { run_op(cuda_backend(), OpId::dwconv2d, Dir::forward, f); });
       bench_line("dwconv7x7", shape, B, "fwd", ms, 8.0 * elems, flops);
-      for (int v : {2, 3}) {  // the forward variants under evaluation
-        cuda::set_dwconv_variant(v);
-        ms = time_ms([&] { run_op(cuda_backend(), OpId::dwconv2d, Dir::forward, f); });
-        bench_line("dwconv7x7-v" + std::to_string(v), shape, B, "fwd", ms, 8.0 * elems, flops);
-        cuda::set_dwconv_variant(1);
-      }
       OpArgs bw;
       bw.in[0] = vdy, bw.in[1] = vx, bw.in[2] = vw, bw.n_in = 3;
       bw.out[0] = vdx, bw.out[1] = vdw, bw.n_out = 3;
