@@ -175,26 +175,27 @@ __global__ void __launch_bounds__(MAX_T) attn32_fwd_kernel(const float* __restri
 
 // ---------------------------------------------------------------------------------------------------
 // bf16 forward on the tensor cores (head_dim 32, compute capability 8.0+). A warp owns 16 queries; the 4
-// warps of a block share the keys staged in shared memory, up to 256 per round (so one round for the
-// MetaFormer token counts 49 and 196), converted to bf16 once. Per chunk of 64 staged keys: S = q k^T
-// (2 k-steps x 8 tiles of 8 keys, m16n8k16 with bf16 operands and fp32 accumulators), the online softmax
-// on S's accumulator fragments, then O += P v (4 k-steps of 16 keys x 4 tiles of 8 head-dim columns);
-// the tiles past the last key are skipped (a warp-uniform test), so 196 keys cost 200, not 256. An
-// accumulator fragment of two neighbouring key tiles is exactly the A fragment of the next product, so P
-// goes from registers to the tensor cores as it is. Fragment layout (lane = 4 * gr + tig): A regs 0-3
-// hold (row gr, k 2tig..+1), (gr + 8, 2tig..), (gr, 8 + 2tig..), (gr + 8, 8 + 2tig..); B regs 0-1 hold
-// (k 2tig..+1, col gr), (k 8 + 2tig.., gr); C holds (gr, 2tig), (gr, 2tig + 1), (gr + 8, 2tig), (gr + 8,
-// 2tig + 1). k is staged [key][d] and v transposed [d][key], bf16. Bank arithmetic: k rows of 20 words
-// and v^T rows of 132 words (4 mod 8) make a warp's fragment loads hit 32 different banks; v^T is
+// warps of a block share each chunk of 64 keys staged in shared memory as bf16. Staging goes through
+// registers, one chunk ahead: the global loads of chunk c + 1 are in flight while chunk c computes (the
+// earlier kernels waited for every load; on an H200 this ran 1.02-1.20x a version staging up to 256 keys
+// per barrier, and that one 1.5x the unpipelined 64-key version: bench/RESULTS-gpu.md). Per chunk: S = q
+// k^T (2 k-steps x 8 tiles of 8 keys, m16n8k16 with bf16 operands and fp32 accumulators), the online
+// softmax on S's accumulator fragments, then O += P v (4 k-steps of 16 keys x 4 tiles of 8 head-dim
+// columns); the tiles past the last key are skipped (a warp-uniform test), so 196 keys cost 200, not
+// 256. An accumulator fragment of two neighbouring key tiles is exactly the A fragment of the next
+// product, so P goes from registers to the tensor cores as it is. Fragment layout (lane = 4 * gr + tig):
+// A regs 0-3 hold (row gr, k 2tig..+1), (gr + 8, 2tig..), (gr, 8 + 2tig..), (gr + 8, 8 + 2tig..); B regs
+// 0-1 hold (k 2tig..+1, col gr), (k 8 + 2tig.., gr); C holds (gr, 2tig), (gr, 2tig + 1), (gr + 8, 2tig),
+// (gr + 8, 2tig + 1). k is staged [key][d] and v transposed [d][key]. Bank arithmetic: k rows of 20
+// words and v^T rows of 36 words (4 mod 8) make a warp's fragment loads hit 32 different banks; v^T is
 // written as words holding two neighbouring keys, a warp covering 16 key pairs x 2 groups of 4 head-dim
-// columns, which also hits 32 banks (and reads whole 32-byte segments of the qkv rows).
+// columns, which also hits 32 banks.
 constexpr int TC_WARPS = 4;
 constexpr int TC_THREADS = 32 * TC_WARPS;
 constexpr int TC_ROWS = 16 * TC_WARPS;  // queries per block
 constexpr int TC_KEYS = 64;             // keys per compute chunk
-constexpr int TC_STAGE = 4 * TC_KEYS;   // keys staged per round
-constexpr int TC_KROW = HD + 8;         // bf16 per staged k row
-constexpr int TC_VROW = TC_STAGE + 8;   // bf16 per staged v^T row
+constexpr int TC_KROW = HD + 8;         // bf16 per staged k row (20 words)
+constexpr int TC_VROW = TC_KEYS + 8;    // bf16 per staged v^T row (36 words: 4 mod 8)
 constexpr int TC_VW = TC_VROW / 2;      // the same in 32-bit words
 
 // Two floats rounded to bfloat16 (to nearest even, as f32_to_bf16), lo in the low half.
@@ -218,151 +219,193 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-__global__ void __launch_bounds__(TC_THREADS) attn32_fwd_tc_kernel(const float* __restrict__ qkv,  // [B, N, 3A]
-                                                                   float* __restrict__ out,        // [B, N, A]
-                                                                   float* __restrict__ lse,  // [B, heads, N] or null
-                                                                   Geo g, float qmul) {  // scale * log2(e)
-  __shared__ __align__(16) uint16_t sK[TC_STAGE][TC_KROW];
-  __shared__ __align__(16) uint16_t sVt[HD][TC_VROW];
-  const int h = blockIdx.y;
-  const int64_t b = blockIdx.z;
-  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
-  const int gr = lane >> 2, tig = lane & 3;
-  const int r0 = static_cast<int>(blockIdx.x) * TC_ROWS + warp * 16;  // the warp's first query
-  const int ra = r0 + gr, rb = ra + 8;                                  // this thread's two rows
-  const float* base = qkv + b * g.N * g.row;
-  const bool active = r0 < g.N;  // the same for the whole warp
-  const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+// One warp's state: q as A fragments (bf16; the scale goes on the fp32 scores), the output accumulators,
+// and the running max (log2 units) and sum of rows ra = r0 + gr and rb = ra + 8.
+struct TcWarp {
+  uint32_t qa[2][4];
+  float o[4][4];
+  float m0, m1, l0, l1;
+  int ra, rb, gr, tig;
+};
 
-  uint32_t qa[2][4];  // q as A fragments, bf16 (the scale goes on the fp32 scores)
+__device__ __forceinline__ void tc_begin(TcWarp& w, const float* base, const Geo& g, int h, int r0) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  w.gr = lane >> 2;
+  w.tig = lane & 3;
+  w.ra = r0 + w.gr;
+  w.rb = w.ra + 8;
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int d = h * HD + kk * 16 + half * 8 + 2 * tig;
+      const int d = h * HD + kk * 16 + half * 8 + 2 * w.tig;
       const float2 z = make_float2(0.0f, 0.0f);
-      const float2 va = ra < g.N ? *reinterpret_cast<const float2*>(base + ra * g.row + d) : z;
-      const float2 vb = rb < g.N ? *reinterpret_cast<const float2*>(base + rb * g.row + d) : z;
-      qa[kk][2 * half] = pack_bf16(va.x, va.y);
-      qa[kk][2 * half + 1] = pack_bf16(vb.x, vb.y);
+      const float2 va = w.ra < g.N ? *reinterpret_cast<const float2*>(base + w.ra * g.row + d) : z;
+      const float2 vb = w.rb < g.N ? *reinterpret_cast<const float2*>(base + w.rb * g.row + d) : z;
+      w.qa[kk][2 * half] = pack_bf16(va.x, va.y);
+      w.qa[kk][2 * half + 1] = pack_bf16(vb.x, vb.y);
     }
-  float o[4][4];
 #pragma unroll
-  for (int jd = 0; jd < 4; ++jd) o[jd][0] = o[jd][1] = o[jd][2] = o[jd][3] = 0.0f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows ra, rb: running max (log2 units), sum
+  for (int jd = 0; jd < 4; ++jd) w.o[jd][0] = w.o[jd][1] = w.o[jd][2] = w.o[jd][3] = 0.0f;
+  w.m0 = w.m1 = -INFINITY;
+  w.l0 = w.l1 = 0.0f;
+}
 
-  for (int s0 = 0; s0 < g.N; s0 += TC_STAGE) {
-    const int left = (g.N - s0 + TC_KEYS - 1) / TC_KEYS * TC_KEYS;
-    const int staged = left < TC_STAGE ? left : TC_STAGE;  // a multiple of 64; zeros past N
-    __syncthreads();  // the previous round is consumed
-    // k: a warp copies 4 keys x 8 float4 (128 contiguous bytes of each row)
-#pragma unroll 4
-    for (int idx = threadIdx.x; idx < staged * (HD / 4); idx += TC_THREADS) {
-      const int key = idx >> 3, part = idx & 7, m = s0 + key;
-      const float4 kv =
-          m < g.N ? *reinterpret_cast<const float4*>(base + static_cast<int64_t>(m) * g.row + g.A + h * HD + 4 * part)
-                  : zero4;
-      *reinterpret_cast<uint2*>(&sK[key][4 * part]) = make_uint2(pack_bf16(kv.x, kv.y), pack_bf16(kv.z, kv.w));
-    }
-    // v^T: a thread packs 4 head-dim columns of keys 2 kp and 2 kp + 1 into four words
-    const int pair_groups = staged / 32;  // groups of 16 key pairs
-#pragma unroll 2
-    for (int idx = threadIdx.x; idx < staged * (HD / 8); idx += TC_THREADS) {
-      const int rest = idx >> 5;
-      const int kp = (rest % pair_groups) * 16 + (idx & 15);
-      const int part = (rest / pair_groups) * 2 + ((idx >> 4) & 1);
-      const int m = s0 + 2 * kp;
-      const float* vp = base + static_cast<int64_t>(m) * g.row + 2 * g.A + h * HD + 4 * part;
-      const float4 va = m < g.N ? *reinterpret_cast<const float4*>(vp) : zero4;
-      const float4 vb = m + 1 < g.N ? *reinterpret_cast<const float4*>(vp + g.row) : zero4;
-      uint32_t* col = reinterpret_cast<uint32_t*>(&sVt[4 * part][2 * kp]);
-      col[0] = pack_bf16(va.x, vb.x);
-      col[TC_VW] = pack_bf16(va.y, vb.y);
-      col[2 * TC_VW] = pack_bf16(va.z, vb.z);
-      col[3 * TC_VW] = pack_bf16(va.w, vb.w);
-    }
-    __syncthreads();
-    if (!active) continue;
-
-    for (int c0 = 0; c0 < staged; c0 += TC_KEYS) {
-      const int kn = g.N - s0 - c0;  // keys of this chunk that exist (at least 1; may exceed TC_KEYS)
-      float s[8][4];                 // scores of 8 tiles of 8 keys
+// One chunk of 64 staged keys; kn: the keys of the chunk that exist (at least 1; may exceed 64).
+__device__ __forceinline__ void tc_chunk(TcWarp& w, const uint16_t (*sK)[TC_KROW], const uint16_t (*sVt)[TC_VROW],
+                                         int kn, float qmul) {
+  const int gr = w.gr, tig = w.tig;
+  float s[8][4];  // scores of 8 tiles of 8 keys
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-        if (8 * j < kn) {
-          const uint16_t* kr = &sK[c0 + 8 * j + gr][2 * tig];
+  for (int j = 0; j < 8; ++j) {
+    s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    if (8 * j < kn) {
+      const uint16_t* kr = &sK[8 * j + gr][2 * tig];
 #pragma unroll
-          for (int kk = 0; kk < 2; ++kk) mma_bf16(s[j], qa[kk], ld32(kr + 16 * kk), ld32(kr + 16 * kk + 8));
-        }
-      }
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const bool ok = 8 * j + 2 * tig + e < kn;
-          s[j][e] = ok ? s[j][e] * qmul : -INFINITY;
-          s[j][2 + e] = ok ? s[j][2 + e] * qmul : -INFINITY;
-          mx0 = fmaxf(mx0, s[j][e]);
-          mx1 = fmaxf(mx1, s[j][2 + e]);
-        }
-      // a row's 4 threads (same gr) hold its 64 scores between them
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float c0s = exp2f(m0 - mx0), c1s = exp2f(m1 - mx1);  // 0 on the first chunk (m = -inf)
-      m0 = mx0;
-      m1 = mx1;
-      l0 *= c0s;
-      l1 *= c1s;
-#pragma unroll
-      for (int jd = 0; jd < 4; ++jd) {
-        o[jd][0] *= c0s;
-        o[jd][1] *= c0s;
-        o[jd][2] *= c1s;
-        o[jd][3] *= c1s;
-      }
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {  // keys 16 kk .. 16 kk + 15: score tiles 2 kk and 2 kk + 1
-        if (16 * kk >= kn) break;        // the rest of the chunk is past N (probabilities 0)
-        float p[2][4];
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          p[t][0] = exp2f(s[2 * kk + t][0] - m0);  // 0 for the keys past N
-          p[t][1] = exp2f(s[2 * kk + t][1] - m0);
-          p[t][2] = exp2f(s[2 * kk + t][2] - m1);
-          p[t][3] = exp2f(s[2 * kk + t][3] - m1);
-        }
-        l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-        l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
-        const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]),
-                                pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
-#pragma unroll
-        for (int jd = 0; jd < 4; ++jd) {
-          const uint16_t* vr = &sVt[8 * jd + gr][c0 + 16 * kk + 2 * tig];
-          mma_bf16(o[jd], pa, ld32(vr), ld32(vr + 8));
-        }
-      }
+      for (int kk = 0; kk < 2; ++kk) mma_bf16(s[j], w.qa[kk], ld32(kr + 16 * kk), ld32(kr + 16 * kk + 8));
     }
   }
-  if (!active) return;
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+  float mx0 = w.m0, mx1 = w.m1;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const bool ok = 8 * j + 2 * tig + e < kn;
+      s[j][e] = ok ? s[j][e] * qmul : -INFINITY;
+      s[j][2 + e] = ok ? s[j][2 + e] * qmul : -INFINITY;
+      mx0 = fmaxf(mx0, s[j][e]);
+      mx1 = fmaxf(mx1, s[j][2 + e]);
+    }
+  // a row's 4 threads (same gr) hold its 64 scores between them
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  const float c0s = exp2f(w.m0 - mx0), c1s = exp2f(w.m1 - mx1);  // 0 on the first chunk (m = -inf)
+  w.m0 = mx0;
+  w.m1 = mx1;
+  w.l0 *= c0s;
+  w.l1 *= c1s;
 #pragma unroll
   for (int jd = 0; jd < 4; ++jd) {
-    const int d = h * HD + 8 * jd + 2 * tig;
-    if (ra < g.N) *reinterpret_cast<float2*>(out + (b * g.N + ra) * g.A + d) = make_float2(o[jd][0] * i0, o[jd][1] * i0);
-    if (rb < g.N) *reinterpret_cast<float2*>(out + (b * g.N + rb) * g.A + d) = make_float2(o[jd][2] * i1, o[jd][3] * i1);
+    w.o[jd][0] *= c0s;
+    w.o[jd][1] *= c0s;
+    w.o[jd][2] *= c1s;
+    w.o[jd][3] *= c1s;
   }
-  if (lse && tig == 0) {
-    if (ra < g.N) lse[(b * g.heads + h) * g.N + ra] = m0 * kLn2 + logf(l0);
-    if (rb < g.N) lse[(b * g.heads + h) * g.N + rb] = m1 * kLn2 + logf(l1);
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {  // keys 16 kk .. 16 kk + 15: score tiles 2 kk and 2 kk + 1
+    if (16 * kk >= kn) break;        // the rest of the chunk is past N (probabilities 0)
+    float p[2][4];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      p[t][0] = exp2f(s[2 * kk + t][0] - mx0);  // 0 for the keys past N
+      p[t][1] = exp2f(s[2 * kk + t][1] - mx0);
+      p[t][2] = exp2f(s[2 * kk + t][2] - mx1);
+      p[t][3] = exp2f(s[2 * kk + t][3] - mx1);
+    }
+    w.l0 += (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+    w.l1 += (p[0][2] + p[0][3]) + (p[1][2] + p[1][3]);
+    const uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
+                            pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+    for (int jd = 0; jd < 4; ++jd) {
+      const uint16_t* vr = &sVt[8 * jd + gr][16 * kk + 2 * tig];
+      mma_bf16(w.o[jd], pa, ld32(vr), ld32(vr + 8));
+    }
   }
+}
+
+__device__ __forceinline__ void tc_end(TcWarp& w, float* out, float* lse, const Geo& g, int64_t b, int h) {
+  w.l0 += __shfl_xor_sync(0xffffffffu, w.l0, 1);
+  w.l0 += __shfl_xor_sync(0xffffffffu, w.l0, 2);
+  w.l1 += __shfl_xor_sync(0xffffffffu, w.l1, 1);
+  w.l1 += __shfl_xor_sync(0xffffffffu, w.l1, 2);
+  const float i0 = 1.0f / w.l0, i1 = 1.0f / w.l1;
+#pragma unroll
+  for (int jd = 0; jd < 4; ++jd) {
+    const int d = h * HD + 8 * jd + 2 * w.tig;
+    if (w.ra < g.N)
+      *reinterpret_cast<float2*>(out + (b * g.N + w.ra) * g.A + d) = make_float2(w.o[jd][0] * i0, w.o[jd][1] * i0);
+    if (w.rb < g.N)
+      *reinterpret_cast<float2*>(out + (b * g.N + w.rb) * g.A + d) = make_float2(w.o[jd][2] * i1, w.o[jd][3] * i1);
+  }
+  if (lse && w.tig == 0) {
+    if (w.ra < g.N) lse[(b * g.heads + h) * g.N + w.ra] = w.m0 * kLn2 + logf(w.l0);
+    if (w.rb < g.N) lse[(b * g.heads + h) * g.N + w.rb] = w.m1 * kLn2 + logf(w.l1);
+  }
+}
+
+// Staging through registers: a thread carries 4 float4 of k (key idx >> 3, float4 idx & 7: a warp reads 4
+// keys x 128 contiguous bytes) and 2 x 2 float4 of v (one float4 of keys 2 kp and 2 kp + 1: a warp
+// covers 16 key pairs x 2 float4, and writes v^T as words holding two neighbouring keys).
+
+struct TcPrefetch {
+  float4 k[4], va[2], vb[2];
+};
+
+__device__ __forceinline__ void tp_load(TcPrefetch& f, const float* base, const Geo& g, int h, int k0) {
+  const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int idx = static_cast<int>(threadIdx.x) + u * TC_THREADS, m = k0 + (idx >> 3);
+    f.k[u] = m < g.N ? *reinterpret_cast<const float4*>(base + static_cast<int64_t>(m) * g.row + g.A + h * HD +
+                                                        4 * (idx & 7))
+                     : zero4;
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int idx = static_cast<int>(threadIdx.x) + u * TC_THREADS, rest = idx >> 5;
+    const int kp = (rest & 1) * 16 + (idx & 15), part = (rest >> 1) * 2 + ((idx >> 4) & 1);
+    const int m = k0 + 2 * kp;
+    const float* vp = base + static_cast<int64_t>(m) * g.row + 2 * g.A + h * HD + 4 * part;
+    f.va[u] = m < g.N ? *reinterpret_cast<const float4*>(vp) : zero4;
+    f.vb[u] = m + 1 < g.N ? *reinterpret_cast<const float4*>(vp + g.row) : zero4;
+  }
+}
+
+__device__ __forceinline__ void tp_store(const TcPrefetch& f, uint16_t (*sK)[TC_KROW], uint16_t (*sVt)[TC_VROW]) {
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int idx = static_cast<int>(threadIdx.x) + u * TC_THREADS;
+    *reinterpret_cast<uint2*>(&sK[idx >> 3][4 * (idx & 7)]) =
+        make_uint2(pack_bf16(f.k[u].x, f.k[u].y), pack_bf16(f.k[u].z, f.k[u].w));
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int idx = static_cast<int>(threadIdx.x) + u * TC_THREADS, rest = idx >> 5;
+    const int kp = (rest & 1) * 16 + (idx & 15), part = (rest >> 1) * 2 + ((idx >> 4) & 1);
+    uint32_t* col = reinterpret_cast<uint32_t*>(&sVt[4 * part][2 * kp]);
+    col[0] = pack_bf16(f.va[u].x, f.vb[u].x);
+    col[TC_VW] = pack_bf16(f.va[u].y, f.vb[u].y);
+    col[2 * TC_VW] = pack_bf16(f.va[u].z, f.vb[u].z);
+    col[3 * TC_VW] = pack_bf16(f.va[u].w, f.vb[u].w);
+  }
+}
+
+__global__ void __launch_bounds__(TC_THREADS, 4) attn32_fwd_tc_kernel(const float* __restrict__ qkv,
+                                                                          float* __restrict__ out,
+                                                                          float* __restrict__ lse, Geo g,
+                                                                          float qmul) {
+  __shared__ __align__(16) uint16_t sK[TC_KEYS][TC_KROW];
+  __shared__ __align__(16) uint16_t sVt[HD][TC_VROW];
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int r0 = static_cast<int>(blockIdx.x) * TC_ROWS + (static_cast<int>(threadIdx.x) >> 5) * 16;
+  const float* base = qkv + b * g.N * g.row;
+  const bool active = r0 < g.N;  // the same for the whole warp
+  TcPrefetch f;
+  tp_load(f, base, g, h, 0);
+  TcWarp w;
+  tc_begin(w, base, g, h, r0);
+  for (int k0 = 0; k0 < g.N; k0 += TC_KEYS) {
+    __syncthreads();  // the previous chunk is consumed
+    tp_store(f, sK, sVt);
+    __syncthreads();
+    if (k0 + TC_KEYS < g.N) tp_load(f, base, g, h, k0 + TC_KEYS);  // in flight while this chunk computes
+    if (active) tc_chunk(w, sK, sVt, g.N - k0, qmul);
+  }
+  if (active) tc_end(w, out, lse, g, b, h);
 }
 
 // dq for one query per thread; also writes D[b, h, n] = do . o for the dk/dv kernel.
@@ -640,7 +683,7 @@ void attention_fwd(const OpArgs& a) {
     if (gemm_precision() == Precision::f32)
       attn32_fwd_kernel<false><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
     else if (compute_capability() >= 80)
-      attn32_fwd_tc_kernel<<<dim3(static_cast<unsigned>(ceil_div(g.N, TC_ROWS)), l.grid.y, l.grid.z), 32 * TC_WARPS, 0,
+      attn32_fwd_tc_kernel<<<dim3(static_cast<unsigned>(ceil_div(g.N, TC_ROWS)), l.grid.y, l.grid.z), TC_THREADS, 0,
                              stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);
     else
       attn32_fwd_kernel<true><<<l.grid, l.block, 0, stream()>>>(qkv.f(), o.f(), L, g, scale * kLog2e);

@@ -509,8 +509,8 @@ void bf16_cases(Result& r) {
     HT x = randn({3, 49, 20}), m = randn({49, 49}, 1.0 / 7.0);
     run_case(bf({"x[3,49,20]", OpId::random_mixing, Dir::forward, {x, m}, {nan_like({3, 49, 20})}, {}}, {0, 1}), r);
   }
-  // (the tensor-core kernel: rounds of up to 256 staged keys in chunks of 64, 64 queries per block; ends
-  // inside and at tile, chunk and round edges)
+  // (the tensor-core kernel: chunks of 64 keys staged one ahead, 64 queries per block; ends inside and at
+  // tile and chunk edges, many chunks)
   for (auto s : {std::vector<int64_t>{2, 35, 2}, std::vector<int64_t>{3, 49, 16}, std::vector<int64_t>{1, 197, 10},
                  std::vector<int64_t>{2, 196, 10}, std::vector<int64_t>{2, 64, 3}, std::vector<int64_t>{1, 65, 1},
                  std::vector<int64_t>{2, 130, 2}, std::vector<int64_t>{3, 7, 4}, std::vector<int64_t>{1, 1, 2},
