@@ -53,8 +53,6 @@ describe('the GPU check scripts', () => {
       { model: 'caformer_tiny_logits', output: 'logits', precision: 'fp32', rel_l2: 2e-7, tol: 6e-6, judged: true, ok: true },
       { model: 'caformer_tiny_features', output: 'stage0', precision: 'bf16', rel_l2: 3e-2, tol: 2e-2, judged: false, ok: false },
       { bench: 'dwconv7x7', dir: 'fwd', shape: '[B,56,56,128]', batch: 256, ms: 0.5, gbps: 1644 },
-      { bench: 'dwconv7x7-v2', dir: 'fwd', precision: 'fp32', shape: '[B,56,56,128]', batch: 256, ms: 0.3, gbps: 2740 },
-      { bench: 'dwconv7x7-v3', dir: 'fwd', precision: 'fp32', shape: '[B,56,56,128]', batch: 256, ms: 0.4, gbps: 2055 },
       { bench: 'attention', dir: 'fwd', precision: 'fp32', shape: 'N=196 heads=10', batch: 256, ms: 0.6, gbps: 400 },
       { bench: 'attention', dir: 'fwd', precision: 'bf16', shape: 'N=196 heads=10', batch: 256, ms: 0.2, gbps: 1200 },
       { bench: 'model', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 100, img_per_s: 2560 },
@@ -81,7 +79,6 @@ describe('the GPU check scripts', () => {
     expect(md).toContain('| caformer_tiny_logits | fp32 | logits | 2.00e-07 | 6.0e-06 | yes |');
     expect(md).toContain('| caformer_tiny_features | bf16 | stage0 | 3.00e-02 | 2.0e-02 | — |');  // shown, not judged
     expect(md).toContain('| dwconv7x7 | fwd | [B,56,56,128] | 256 | 0.5000 | 1644 | 1.0000 | 2.00 | — | — | — |');
-    expect(md).toContain('| [B,56,56,128] | 256 | 0.5000 | 0.3000 | 0.4000 |');  // the depthwise variants
     // our bf16 attention beside PyTorch's bf16 (its own row is not listed again)
     expect(md).toContain('| attention | fwd | N=196 heads=10 | 256 | 0.6000 | 400 | 1.2000 | 2.00 | 0.2000 | 0.3000 | 1.50 |');
     expect(md.match(/\| attention \| fwd \|/g)).toHaveLength(1);
