@@ -48,6 +48,12 @@ export interface CompiledPlan {
   readonly precision: Precision;
   readonly outputShapes: readonly (readonly number[])[];
   readonly arenaBytes: number;
+  /**
+   * Whether the plan runs as one recorded CUDA graph: on a GPU with METAFORMER_CUDA_GRAPHS=1 set when the
+   * process starts, the first run records the steps and later runs replay them (inputs and outputs pass
+   * through fixed device buffers); false before the first run, on the CPU, or when recording failed.
+   */
+  readonly graphed: boolean;
   readonly steps: number;
   /** Multiply-accumulates of one run (GEMMs, convolutions, attention, mixing). */
   readonly macs: number;
@@ -304,6 +310,9 @@ function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendN
     precision,
     outputShapes: finalShapes,
     arenaBytes: plan.arenaBytes,
+    get graphed() {
+      return plan.graphed;
+    },
     steps: steps.length,
     macs,
     async run(x: Tensor): Promise<Tensor[]> {

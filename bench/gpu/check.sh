@@ -30,6 +30,9 @@
 #              GPU, the tiny model fixtures forward and backward on 'cuda' against the float64 reference,
 #              predict()/features() on the GPU in fp32 and bf16, an AdamW step and a Trainer run
 #              (mixup, EMA, checkpoint resume) on the GPU against the CPU
+#   graphs     the same Node tests of predict() on 'cuda' (device.test.ts, the tiny fixtures) and the
+#              predict() timings again with METAFORMER_CUDA_GRAPHS=1: plans recorded once as CUDA graphs
+#              and replayed; FAIL when a test fails or a recording failed (binding/plan.cpp reports it)
 #   hostcpu    (in the background, on the upper half of the cores, from the node stage on) issue 5's bf16
 #              mode on this machine's CPU: the bf16 tests and caformer_s18 fp32/bf16 beside onnxruntime's
 #              CPU EP (bench/gpu/host_cpu.sh)
@@ -288,6 +291,27 @@ else
   else stage nodetests FAIL "${summary:-exit $rc} (nodetests.log)"; fi
 fi
 
+# --- graphs: predict() through CUDA graphs (METAFORMER_CUDA_GRAPHS=1), checked and timed ----------------
+if ! want graphs; then :
+elif [ -z "$NODE" ]; then
+  stage graphs SKIPPED "no usable carried Node (see the node stage)"
+else
+  METAFORMER_CUDA_GRAPHS=1 run_limited 90 "${PIN_LOWER[@]}" "$NODE" node_modules/vitest/vitest.mjs run --project host \
+    test/core/device.test.ts test/models/fixtures.test.ts --reporter=verbose > "$OUT/graphs.log" 2>&1
+  rc=$?
+  grep -E '(✓|×|↓) |FAIL|Tests |CUDA graph' "$OUT/graphs.log" | grep -v '^ *✓' | tail -30 | tee -a "$LOG"
+  summary=$(grep -E '^ +Tests ' "$OUT/graphs.log" | tail -1 | sed 's/^ *//')
+  METAFORMER_CUDA_GRAPHS=1 run_limited 45 "${PIN_LOWER[@]}" "$NODE" dist/bench/gpu/node_models.js "$OUT/nodeg.part" \
+    --models caformer_s18 --batches 1,256 --seconds 1.5 2>&1 \
+    | tee -a "$OUT/graphs.log" | grep -E '^NODEG|CUDA graph' | tee -a "$LOG"
+  rcm=${PIPESTATUS[0]}
+  cat "$OUT/nodeg.part" >> "$OURS" 2>/dev/null; rm -f "$OUT/nodeg.part"
+  if grep -q 'recording a CUDA graph' "$OUT/graphs.log"; then
+    stage graphs FAIL "a plan could not be recorded: $(grep -m1 'recording a CUDA graph' "$OUT/graphs.log" | cut -c1-160)"
+  elif [ "$rc" = 0 ] && [ "$rcm" = 0 ]; then stage graphs PASS "$summary; predict() timed with graphs"
+  else stage graphs FAIL "${summary:-exit $rc} / timings exit $rcm (graphs.log)"; fi
+fi
+
 # --- ncu (diagnostics): hardware profiles of the kernels worth tuning -----------------------------------
 NCU=$(command -v ncu 2>/dev/null || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if ! want ncu || ! need_build ncu; then :
@@ -369,7 +393,7 @@ log ""
 column -t -s $'\t' "$STAGES" 2>/dev/null || cat "$STAGES"
 rm -f "$OUT/stages.tsv.tmp"
 # At most 8 files in $OUT: every log but check.log goes into one archive.
-(cd "$OUT" && ls env.txt build.log node.log nodetests.log hostcpu.txt hostcpu.log ncu.txt 2>/dev/null \
+(cd "$OUT" && ls env.txt build.log node.log nodetests.log graphs.log hostcpu.txt hostcpu.log ncu.txt 2>/dev/null \
    | xargs -r tar -czf logs.tar.gz --remove-files)
 grep -q $'\tFAIL\t' "$STAGES" && exit 1
 exit 0

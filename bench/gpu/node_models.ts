@@ -6,7 +6,8 @@
  *   node dist/bench/gpu/node_models.js OUT.jsonl [--models caformer_s18,convformer_s18] [--batches 1,64,256]
  *        [--precisions float32,bf16] [--seconds 2]
  *
- * Appends one JSON object per figure to OUT.jsonl: { bench: 'node-model', name, precision, batch, ms, img_per_s }.
+ * Appends one JSON object per figure to OUT.jsonl: { bench: 'node-model', name, precision, batch, ms, img_per_s }
+ * ('node-model-graphs' when METAFORMER_CUDA_GRAPHS=1: plans recorded once as CUDA graphs and replayed).
  */
 import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
   if (!cudaAvailable()) throw new Error(`node_models: no usable CUDA device (${cudaInfo().reason})`);
   const budget = Number(values.seconds) * 1000;
   const precisions = values.precisions!.split(',').map((p) => checkPrecision(p, '--precisions'));
+  const graphs = process.env.METAFORMER_CUDA_GRAPHS === '1';
   for (const name of values.models!.split(',')) {
     const model = createModel(name, { device: 'cuda' });
     try {
@@ -50,9 +52,9 @@ async function main(): Promise<void> {
             const start = performance.now();
             while (times.length < 5 || (performance.now() - start < budget && times.length < 200)) times.push(await once());
             const ms = median(times);
-            const rec = { bench: 'node-model', name: `${name}_b${batch}`, precision: precision === 'float32' ? 'fp32' : 'bf16', batch, ms, img_per_s: (1000 * batch) / ms };
+            const rec = { bench: graphs ? 'node-model-graphs' : 'node-model', name: `${name}_b${batch}`, precision: precision === 'float32' ? 'fp32' : 'bf16', batch, ms, img_per_s: (1000 * batch) / ms };
             appendFileSync(out, `${JSON.stringify(rec)}\n`);
-            console.log(`NODE  ${name.padEnd(16)} ${rec.precision} B=${String(batch).padEnd(4)} ${ms.toFixed(3).padStart(9)} ms ${rec.img_per_s.toFixed(1).padStart(9)} img/s (${times.length} runs)`);
+            console.log(`${graphs ? 'NODEG' : 'NODE '} ${name.padEnd(16)} ${rec.precision} B=${String(batch).padEnd(4)} ${ms.toFixed(3).padStart(9)} ms ${rec.img_per_s.toFixed(1).padStart(9)} img/s (${times.length} runs)`);
           }
         } finally {
           x.dispose();

@@ -59,6 +59,7 @@ def main():
                      and k["dir"] == r["dir"] and k["shape"] == r["shape"] and k["batch"] == r["batch"]), None)
     mods = [r for r in ours if r.get("bench") == "model"]
     node_mods = [r for r in ours if r.get("bench") == "node-model"]
+    node_graphs = [r for r in ours if r.get("bench") == "node-model-graphs"]
     profiles = [r for r in ours if "profile" in r]
 
     def peer(kind, d, shape, batch, dtype, variant=None):
@@ -114,11 +115,12 @@ def main():
         lines += ["", "## Models at 224x224 (inference, images/s)", "",
                   "Ours: plan replay, fp32 (true fp32) and bf16 (matrix-product operands in bfloat16, fp32 accumulation "
                   "and activations). PyTorch: timm, channels_last, TF32 off; bf16 = weights and input in bfloat16. "
-                  "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster). Last column: predict() of "
-                  "a { device: 'cuda' } model from Node (its plan on the device, input there, timed to completion).", "",
+                  "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster). Last columns: predict() of "
+                  "a { device: 'cuda' } model from Node (its plan on the device, input there, timed to completion), "
+                  "step by step and with METAFORMER_CUDA_GRAPHS=1 (the plan recorded once as a CUDA graph).", "",
                   "| model | B | ours fp32 | PyTorch eager fp32 | ratio | ours bf16 | PyTorch eager bf16 | ratio | "
-                  "PyTorch compile bf16 | ours from Node fp32 / bf16 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "PyTorch compile bf16 | ours from Node fp32 / bf16 | with graphs fp32 / bf16 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def ours_ips(name, b, prec, rows=mods):
             o = next((r for r in rows if r["name"] == f"{name}_b{b}" and r.get("precision", "fp32") == prec), None)
@@ -133,9 +135,11 @@ def main():
                 p32 = e32 and e32["img_per_s"]
                 p16 = e16 and e16["img_per_s"]
                 n32, n16 = ours_ips(name, b, "fp32", node_mods), ours_ips(name, b, "bf16", node_mods)
+                g32, g16 = ours_ips(name, b, "fp32", node_graphs), ours_ips(name, b, "bf16", node_graphs)
                 lines.append(f"| {name} | {b} | {fmt(o32, 1)} | {fmt(p32, 1)} | {fmt(ratio(o32, p32), 2)} | "
                              f"{fmt(o16, 1)} | {fmt(p16, 1)} | {fmt(ratio(o16, p16), 2)} | "
-                             f"{fmt(c16 and c16['img_per_s'], 1)} | {fmt(n32, 1)} / {fmt(n16, 1)} |")
+                             f"{fmt(c16 and c16['img_per_s'], 1)} | {fmt(n32, 1)} / {fmt(n16, 1)} | "
+                             f"{fmt(g32, 1)} / {fmt(g16, 1)} |")
     if profiles:
         lines += ["", "## Where our GPU time goes (one pass, each step waited for; summed per op)", "",
                   "| plan | precision | B | top ops: ms (share) |", "|---|---|---|---|"]

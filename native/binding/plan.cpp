@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -13,11 +14,23 @@
 namespace mf::binding {
 
 PlanData::~PlanData() {
+  if (graph) device_hooks(be->device)->release_graph(graph);  // waits for a replay still running
+  if (staged) storage_release(staged);
   for (Storage* s : consts) storage_release(s);
   if (arena) storage_release(arena);
 }
 
 void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
+  PlanContextScope context(PlanContext{precision, &weights});
+  // A device backend queues its kernels: wait for them (per step when timing), so a run ends when its
+  // outputs are ready and an asynchronous kernel failure rejects this run.
+  const DeviceHooks* dev = be->device != kHostDevice ? device_hooks(be->device) : nullptr;
+  if (dev && !step_seconds && run_graph(bound, dev)) return;
+  run_steps(bound, dev, step_seconds);
+  if (dev) dev->synchronize();
+}
+
+void PlanData::run_steps(const std::vector<void*>& bound, const DeviceHooks* dev, double* step_seconds) {
   OpArgs args;
   auto resolve = [&](const PlanArg& p) {
     TensorView v = p.meta;
@@ -29,10 +42,6 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
     }
     return v;
   };
-  PlanContextScope context(PlanContext{precision, &weights});
-  // A device backend queues its kernels: wait for them (per step when timing), so a run ends when its
-  // outputs are ready and an asynchronous kernel failure rejects this run.
-  const DeviceHooks* dev = be->device != kHostDevice ? device_hooks(be->device) : nullptr;
   for (const PlanStep& s : steps) {
     args.n_in = static_cast<int>(s.ins.size());
     args.n_out = static_cast<int>(s.outs.size());
@@ -50,14 +59,51 @@ void PlanData::execute(const std::vector<void*>& bound, double* step_seconds) {
       k(args);
     }
   }
-  if (dev) dev->synchronize();
+}
+
+bool PlanData::run_graph(const std::vector<void*>& bound, const DeviceHooks* dev) {
+  if (graph_off || !dev->capture) return false;
+  auto bytes_of = [&](size_t i) { return static_cast<size_t>(bound_meta[i].numel()) * dtype_size(bound_meta[i].dtype); };
+  if (!graph) {
+    size_t total = 0;
+    staged_off.clear();
+    for (size_t i = 0; i < bound_meta.size(); ++i) {
+      staged_off.push_back(total);
+      total += (bytes_of(i) + 255) / 256 * 256;
+    }
+    Storage* st = storage_new(std::max<size_t>(total, 1), be->device);
+    std::vector<void*> at;
+    for (size_t off : staged_off) at.push_back(static_cast<char*>(st->ptr) + off);
+    void* g = nullptr;
+    try {
+      g = dev->capture([this, at] { run_steps(at, nullptr, nullptr); });  // (owns its pointers: may be kept)
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "metaformer: recording a CUDA graph of this plan failed (%s); it runs step by step\n",
+                   e.what());
+    }
+    if (!g) {  // switched off, or failed: step by step from now on
+      storage_release(st);
+      graph_off = true;
+      return false;
+    }
+    graph = g;
+    staged = st;
+    graphed.store(true);
+  }
+  char* base = static_cast<char*>(staged->ptr);
+  for (size_t i = 0; i < n_inputs; ++i) dev->copy_async(base + staged_off[i], bound[i], bytes_of(i));
+  dev->replay(graph);
+  for (size_t i = n_inputs; i < bound_meta.size(); ++i) dev->copy_async(bound[i], base + staged_off[i], bytes_of(i));
+  dev->synchronize();
+  return true;
 }
 
 Napi::Function Plan::Define(Napi::Env env) {
   return DefineClass(env, "Plan",
                      {InstanceMethod<&Plan::RunSync>("runSync"), InstanceMethod<&Plan::Run>("run"),
                       InstanceMethod<&Plan::Profile>("profile"),
-                      InstanceMethod<&Plan::Dispose>("dispose"), InstanceAccessor<&Plan::ArenaBytes>("arenaBytes")});
+                      InstanceMethod<&Plan::Dispose>("dispose"), InstanceAccessor<&Plan::ArenaBytes>("arenaBytes"),
+                      InstanceAccessor<&Plan::Graphed>("graphed")});
 }
 
 namespace {
@@ -368,6 +414,11 @@ Napi::Value Plan::Run(const Napi::CallbackInfo& info) {
 
 Napi::Value Plan::ArenaBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), data_ ? static_cast<double>(data_->arena_bytes) : 0.0);
+}
+
+// Whether the plan runs as a recorded device graph (its first run recorded it).
+Napi::Value Plan::Graphed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), data_ && data_->graphed.load());
 }
 
 Napi::Value Plan::Dispose(const Napi::CallbackInfo& info) {

@@ -12,6 +12,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <vector>
 
 #include "../core/backend.h"
@@ -43,9 +44,22 @@ struct PlanData {
   size_t n_inputs = 0;
   size_t arena_bytes = 0;
   Storage* arena = nullptr;
+  // Device graphs (a device whose hooks capture them, switched on; METAFORMER_CUDA_GRAPHS=1 for CUDA):
+  // the steps recorded on the first run and replayed as one launch by the next ones. A graph keeps the
+  // addresses it was recorded with, so the bound inputs and outputs go through fixed device buffers
+  // (`staged`, at staged_off[i]): inputs copied in before a replay, outputs copied out after.
+  void* graph = nullptr;
+  bool graph_off = false;  // graphs switched off, or the capture failed once (reported on stderr)
+  std::atomic<bool> graphed{false};  // graph is set (read by JS without the compute lock)
+  Storage* staged = nullptr;
+  std::vector<size_t> staged_off;
   ~PlanData();
   // Runs every step; bound[i] are the data pointers of inputs then outputs. Caller holds the compute lock.
   void execute(const std::vector<void*>& bound, double* step_seconds = nullptr);
+
+ private:
+  void run_steps(const std::vector<void*>& bound, const DeviceHooks* dev, double* step_seconds);
+  bool run_graph(const std::vector<void*>& bound, const DeviceHooks* dev);  // false: run the steps instead
 };
 
 class Plan : public Napi::ObjectWrap<Plan> {
@@ -58,6 +72,7 @@ class Plan : public Napi::ObjectWrap<Plan> {
   Napi::Value Profile(const Napi::CallbackInfo& info);
   Napi::Value Run(const Napi::CallbackInfo& info);
   Napi::Value ArenaBytes(const Napi::CallbackInfo& info);
+  Napi::Value Graphed(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::vector<void*> bind(const Napi::CallbackInfo& info, std::vector<Storage*>* holds);
 

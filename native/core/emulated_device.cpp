@@ -2,12 +2,13 @@
 // environment variable METAFORMER_EMULATE_CUDA=1 when the addon loads. Device-1 tensors then live in
 // host memory (through the same device hooks a real device installs) and the cuda backend runs the cpu
 // kernels, so the library's device plumbing (tensor moves, per-device allocation, device checks, models,
-// losses, optimizers and the Trainer on 'cuda', eager inference, checkpoints through the host) is tested
-// on machines without a GPU. Host code still cannot touch device tensors directly: view()/read()/write()
-// refuse device 1 exactly as with a real GPU. Never a performance path; the CUDA kernels themselves are
+// losses, optimizers and the Trainer on 'cuda', eager inference, plans and their graph path, checkpoints
+// through the host) is tested on machines without a GPU. Host code still cannot touch device tensors
+// directly: view()/read()/write() refuse device 1 exactly as with a real GPU. Never a performance path; the CUDA kernels themselves are
 // checked on a GPU by native/cuda/tests.
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <new>
 #include <string>
 
@@ -36,7 +37,23 @@ void emu_copy(void* dst, int32_t, const void* src, int32_t, size_t bytes) {
 
 void emu_synchronize() {}  // the cpu kernels finish before they return
 
-const DeviceHooks kEmulatedHooks{emu_alloc, emu_release, emu_copy, emu_synchronize};
+// Graphs (METAFORMER_CUDA_GRAPHS=1, read at each capture): a recording keeps the function and a replay
+// calls it, so the plan runner's graph path (fixed staging buffers, inputs copied in and outputs out,
+// the first run recording) is exercised without a GPU.
+struct EmuGraph {
+  std::function<void()> fn;
+};
+
+void* emu_capture(const std::function<void()>& fn) {
+  const char* v = std::getenv("METAFORMER_CUDA_GRAPHS");
+  return v && std::strcmp(v, "1") == 0 ? new EmuGraph{fn} : nullptr;
+}
+void emu_replay(void* g) { static_cast<EmuGraph*>(g)->fn(); }
+void emu_release_graph(void* g) { delete static_cast<EmuGraph*>(g); }
+void emu_copy_async(void* dst, const void* src, size_t bytes) { emu_copy(dst, 1, src, 1, bytes); }
+
+const DeviceHooks kEmulatedHooks{emu_alloc, emu_release, emu_copy, emu_synchronize,
+                                 emu_capture, emu_replay, emu_release_graph, emu_copy_async};
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 namespace mf {
@@ -35,6 +36,14 @@ struct DeviceHooks {
   void (*copy)(void* dst, int32_t dst_device, const void* src, int32_t src_device, size_t bytes);
   // Waits for the work queued on this device; throws mf::Error for an asynchronous failure.
   void (*synchronize)();
+  // Graphs (null where the device has none): capture runs fn and records the work it queues from this
+  // thread, and the device memory it allocates, into a replayable graph (the work does not run), or
+  // returns null without calling fn when graphs are switched off; replay queues a graph; release_graph
+  // waits for it and frees it; copy_async queues a copy within the device, ordered with the graphs.
+  void* (*capture)(const std::function<void()>& fn);
+  void (*replay)(void* graph);
+  void (*release_graph)(void* graph);  // never throws
+  void (*copy_async)(void* dst, const void* src, size_t bytes);
 };
 void set_device_hooks(int32_t device, const DeviceHooks* hooks);
 const DeviceHooks* device_hooks(int32_t device);  // null when this build has no such device

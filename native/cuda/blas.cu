@@ -32,21 +32,33 @@ void check_blas(cublasStatus_t st, const char* op, const char* what) {
                 std::string(op) + ": cuBLAS " + what + " failed: " + cublasGetStatusString(st));
 }
 
+// The handle, bound to the current stream (a graph capture records on its own stream). It has its own
+// workspace, so cuBLAS allocates nothing while a graph is being captured.
 cublasHandle_t handle(const char* op) {
+  constexpr size_t kWorkspace = size_t(32) << 20;
   static std::mutex mu;
   static cublasHandle_t h = nullptr;
+  static void* ws = nullptr;  // kept for the life of the process, like the handle
+  static cudaStream_t bound = nullptr;
   std::lock_guard<std::mutex> lock(mu);
   ensure_device();
   if (!h) {
     cublasHandle_t nh = nullptr;
     check_blas(cublasCreate(&nh), op, "cublasCreate");
-    cublasStatus_t st = cublasSetStream(nh, stream());
-    if (st == CUBLAS_STATUS_SUCCESS) st = cublasSetMathMode(nh, CUBLAS_DEFAULT_MATH);  // no TF32
+    cublasStatus_t st = cublasSetMathMode(nh, CUBLAS_DEFAULT_MATH);  // no TF32
     if (st != CUBLAS_STATUS_SUCCESS) {
       cublasDestroy(nh);
       check_blas(st, op, "handle setup");
     }
+    if (cudaMalloc(&ws, kWorkspace) != cudaSuccess) ws = nullptr;  // then cuBLAS manages its own
+    cudaGetLastError();
     h = nh;
+  }
+  cudaStream_t s = stream();
+  if (s != bound) {  // (setting the stream resets the workspace to cuBLAS's own: set it again)
+    check_blas(cublasSetStream(h, s), op, "cublasSetStream");
+    if (ws) check_blas(cublasSetWorkspace(h, ws, kWorkspace), op, "cublasSetWorkspace");
+    bound = s;
   }
   return h;
 }

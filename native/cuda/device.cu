@@ -6,9 +6,19 @@
 // cudaMalloc/cudaFree synchronise the device and cost tens of microseconds. All kernels and copies run
 // on one stream, so a block freed by one op and handed to the next is ordered by the stream. On
 // out-of-memory the cache is returned to the driver and the allocation retried once.
+//
+// Graphs (METAFORMER_CUDA_GRAPHS=1; the plan runner in binding/plan.cpp uses them): capture() records
+// a plan's steps on a private stream (stream() returns it on the capturing thread only, so copies other
+// threads queue meanwhile stay out of the graph) in relaxed mode, and every device block allocated on
+// that thread meanwhile comes from a pool the graph owns: a replay writes its scratch exactly where the
+// capture did, into memory nothing else can have been given. Releasing the graph waits for the stream
+// and returns the pool to the cache. A synchronous copy on the capturing thread (a host read-back) throws:
+// its data would not exist yet.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -37,7 +47,17 @@ struct DeviceState {
   cudaStream_t stream = nullptr;
   cudaDeviceProp props{};
   bool sync_each_launch = false;
+  bool graphs = false;                  // METAFORMER_CUDA_GRAPHS=1 (and not METAFORMER_CUDA_SYNC)
+  cudaStream_t capture_stream = nullptr;  // created on the first capture (captures are serialised)
 };
+
+// The capturing thread's pool (see the header comment): blocks by size class, and all it owns.
+struct CapturePool {
+  std::unordered_map<size_t, std::vector<void*>> free_lists;
+  std::unordered_map<void*, size_t> owned;  // every block, with its size class
+};
+thread_local CapturePool* t_pool = nullptr;
+thread_local cudaStream_t t_capture = nullptr;
 
 DeviceState& state() {
   static DeviceState* s = new DeviceState();  // never destroyed: storages may be freed during exit
@@ -79,6 +99,8 @@ void init_once() {
     }
     const char* sync = std::getenv("METAFORMER_CUDA_SYNC");
     s.sync_each_launch = sync && sync[0] == '1';
+    const char* graphs = std::getenv("METAFORMER_CUDA_GRAPHS");
+    s.graphs = graphs && graphs[0] == '1' && !s.sync_each_launch;
     s.ok = true;
   });
 }
@@ -127,7 +149,7 @@ std::string device_name() {
 
 cudaStream_t stream() {
   ensure_device();
-  return state().stream;
+  return t_capture ? t_capture : state().stream;
 }
 
 int sm_count() {
@@ -195,11 +217,7 @@ void release_cache_locked(DeviceCache& c) {
   cudaGetLastError();
 }
 
-}  // namespace
-
-void* device_alloc(size_t bytes) {
-  ensure_device();
-  size_t cls = dclass(bytes);
+void* device_alloc_uncaptured(size_t cls) {
   DeviceCache& c = dcache();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.free_lists.find(cls);
@@ -225,7 +243,7 @@ void* device_alloc(size_t bytes) {
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     cudaGetLastError();
-    throw Error(ErrorKind::range, "CUDA out of memory: could not allocate " + std::to_string(bytes) + " bytes on " +
+    throw Error(ErrorKind::range, "CUDA out of memory: could not allocate " + std::to_string(cls) + " bytes on " +
                                       state().props.name + " (" + std::to_string(free_b >> 20) + " MiB free of " +
                                       std::to_string(total_b >> 20) + " MiB; " + cudaGetErrorString(e) + ")");
   }
@@ -234,9 +252,32 @@ void* device_alloc(size_t bytes) {
   return p;
 }
 
+}  // namespace
+
+void* device_alloc(size_t bytes) {
+  ensure_device();
+  size_t cls = dclass(bytes);
+  if (t_pool) {  // capturing: the graph's own blocks
+    auto& fl = t_pool->free_lists[cls];
+    if (!fl.empty()) {
+      void* p = fl.back();
+      fl.pop_back();
+      return p;
+    }
+    void* p = device_alloc_uncaptured(cls);
+    t_pool->owned.emplace(p, cls);
+    return p;
+  }
+  return device_alloc_uncaptured(cls);
+}
+
 void device_free(void* p, size_t bytes) noexcept {
   if (!p) return;
   size_t cls = dclass(bytes);
+  if (t_pool && t_pool->owned.count(p)) {
+    t_pool->free_lists[cls].push_back(p);
+    return;
+  }
   DeviceCache& c = dcache();
   std::lock_guard<std::mutex> lock(c.mu);
   c.live -= cls;
@@ -271,6 +312,9 @@ DeviceMemoryStats memory_stats() {
 void copy(void* dst, int dst_device, const void* src, int src_device, size_t bytes) {
   if (bytes == 0) return;
   ensure_device();
+  if (t_capture)
+    throw Error(ErrorKind::generic, "CUDA graph capture: a step copies synchronously (reads device data back), "
+                                    "which a graph cannot record");
   cudaMemcpyKind kind = dst_device == 0 ? (src_device == 0 ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
                                         : (src_device == 0 ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
   MF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, state().stream));
@@ -283,6 +327,96 @@ void zero(void* dst, size_t bytes) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Graphs
+
+namespace {
+
+struct Graph {
+  cudaGraphExec_t exec = nullptr;
+  CapturePool pool;
+};
+
+// Hands every block of a pool back to the cache; the caller has waited for the work that used them.
+void return_pool(CapturePool& pool) noexcept {
+  DeviceCache& c = dcache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  for (const auto& [p, cls] : pool.owned) {
+    c.live -= cls;
+    c.free_lists[cls].push_back(p);
+    c.cached += cls;
+  }
+  pool = CapturePool{};
+}
+
+// Leaves capture mode on this thread (whatever state the capture ended in).
+struct CaptureScope {
+  CaptureScope(CapturePool* pool, cudaStream_t s) {
+    t_pool = pool;
+    t_capture = s;
+  }
+  ~CaptureScope() {
+    t_pool = nullptr;
+    t_capture = nullptr;
+  }
+};
+
+}  // namespace
+
+bool graphs_enabled() {
+  ensure_device();
+  return state().graphs;
+}
+
+void* capture_graph(const std::function<void()>& fn) {
+  ensure_device();
+  DeviceState& s = state();
+  if (!s.capture_stream) MF_CUDA_CHECK(cudaStreamCreateWithFlags(&s.capture_stream, cudaStreamNonBlocking));
+  auto g = std::make_unique<Graph>();
+  MF_CUDA_CHECK(cudaStreamBeginCapture(s.capture_stream, cudaStreamCaptureModeRelaxed));
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaSuccess;
+  try {
+    CaptureScope scope(&g->pool, s.capture_stream);
+    fn();
+  } catch (...) {
+    cudaStreamEndCapture(s.capture_stream, &graph);  // nothing ran: the pool's blocks are free to go back
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return_pool(g->pool);
+    throw;
+  }
+  e = cudaStreamEndCapture(s.capture_stream, &graph);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&g->exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);
+  if (e != cudaSuccess) {
+    return_pool(g->pool);
+    throw_cuda(e, "CUDA graph capture", __FILE__, __LINE__);
+  }
+  return g.release();
+}
+
+void replay_graph(void* graph) {
+  ensure_device();
+  MF_CUDA_CHECK(cudaGraphLaunch(static_cast<Graph*>(graph)->exec, state().stream));
+}
+
+void release_graph(void* graph) noexcept {
+  if (!graph) return;
+  Graph* g = static_cast<Graph*>(graph);
+  cudaStreamSynchronize(state().stream);  // a replay may still be running
+  if (g->exec) cudaGraphExecDestroy(g->exec);
+  cudaGetLastError();
+  return_pool(g->pool);
+  delete g;
+}
+
+void copy_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  ensure_device();
+  MF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, state().stream));
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Hooks into core/memory: storages on device 1 are allocated, freed and copied here.
 
 namespace {
@@ -291,7 +425,10 @@ void hook_copy(void* dst, int32_t dst_device, const void* src, int32_t src_devic
   copy(dst, dst_device, src, src_device, bytes);
 }
 
-const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy, &synchronize};
+void* hook_capture(const std::function<void()>& fn) { return graphs_enabled() ? capture_graph(fn) : nullptr; }
+
+const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy, &synchronize,
+                         &hook_capture, &replay_graph, &release_graph, &copy_async};
 [[maybe_unused]] const bool kInstalled = (set_device_hooks(kCudaDevice, &kHooks), true);
 
 }  // namespace

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace mf::cuda {
@@ -24,6 +25,15 @@ void ensure_device();
 std::string device_name();
 // Waits for all queued work; reports asynchronous kernel errors as mf::Error.
 void synchronize();
+
+// Graphs (METAFORMER_CUDA_GRAPHS=1; see device.cu): capture_graph runs fn and returns the recorded work
+// as a graph (the work does not run); replay_graph queues it on the stream; release_graph waits and frees
+// it and the device memory it owns. copy_async queues a copy within the device on the stream.
+bool graphs_enabled();
+void* capture_graph(const std::function<void()>& fn);
+void replay_graph(void* graph);
+void release_graph(void* graph) noexcept;
+void copy_async(void* dst, const void* src, size_t bytes);
 
 // Device memory through the caching allocator. alloc throws mf::Error(range) when out of memory.
 void* device_alloc(size_t bytes);

@@ -59,6 +59,7 @@ describe('the GPU check scripts', () => {
       { bench: 'model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 50, img_per_s: 5120 },
       { bench: 'node-model', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 104, img_per_s: 2461.5 },
       { bench: 'node-model', name: 'caformer_s18_b256', precision: 'bf16', batch: 256, ms: 52, img_per_s: 4923.1 },
+      { bench: 'node-model-graphs', name: 'caformer_s18_b256', precision: 'fp32', batch: 256, ms: 103, img_per_s: 2485.4 },
       { profile: 'caformer_s18_b256', precision: 'bf16', batch: 256, ops: { fused_linear: 30, attention: 10, layernorm: 10 } },
     ]));
     writeFileSync(path.join(tmp, 'torch.jsonl'), jsonl([
@@ -83,7 +84,7 @@ describe('the GPU check scripts', () => {
     expect(md).toContain('| attention | fwd | N=196 heads=10 | 256 | 0.6000 | 400 | 1.2000 | 2.00 | 0.2000 | 0.3000 | 1.50 |');
     expect(md.match(/\| attention \| fwd \|/g)).toHaveLength(1);
     // ours / PyTorch eager in the same precision, and the Node column
-    expect(md).toContain('| caformer_s18 | 256 | 2560.0 | 2000.0 | 1.28 | 5120.0 | 6400.0 | 0.80 | — | 2461.5 / 4923.1 |');
+    expect(md).toContain('| caformer_s18 | 256 | 2560.0 | 2000.0 | 1.28 | 5120.0 | 6400.0 | 0.80 | — | 2461.5 / 4923.1 | 2485.4 / — |');
     expect(md).toContain('| caformer_s18_b256 | bf16 | 256 | fused_linear 30.00 (60%), attention 10.00 (20%), layernorm 10.00 (20%) |');
     expect(md).toMatch(/## This machine's CPU: bf16 mode[\s\S]*amx_bf16 avx512_bf16/);
     expect(md).toMatch(/## Hardware profile \(Nsight Compute[\s\S]*\ndw7_forward_kernel<7, 7>  123.45 us  mem  45.23%\n/);

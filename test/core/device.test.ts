@@ -171,6 +171,50 @@ describe('models on devices', () => {
     m.dispose();
   });
 
+  // CUDA graphs (METAFORMER_CUDA_GRAPHS=1): a real device reads the switch when it starts (the GPU
+  // check runs this file with it set), the emulated one at each recording (so it is set here).
+  it.runIf(gpu)('plans recorded as CUDA graphs give the step-by-step results, input by input', async () => {
+    const real = !cudaInfo().emulated;
+    const before = process.env.METAFORMER_CUDA_GRAPHS;
+    const expectGraphs = real ? before === '1' : true;
+    manualSeed(6);
+    const model = createModel(tiny);
+    model.to('cuda');
+    const inputs = [0.37, 0.11, 0.73].map((f) =>
+      Tensor.from(Float32Array.from({ length: 2 * 3 * 32 * 32 }, (_, i) => Math.sin(i * f)), [2, 3, 32, 32]).to('cuda'));
+    const plan = compilePlan((x) => model.forward(x), [2, 3, 32, 32], 'cuda');
+    if (!real) process.env.METAFORMER_CUDA_GRAPHS = '0';
+    const stepwise = compilePlan((x) => model.forward(x), [2, 3, 32, 32], 'cuda');
+    try {
+      const want = inputs.map((x) => {
+        const [y] = stepwise.runSync(x);
+        const v = y!.toFloat32Array();
+        y!.dispose();
+        return v;
+      });
+      if (!real) expect(stepwise.graphed).toBe(false);
+      if (!real) process.env.METAFORMER_CUDA_GRAPHS = '1';
+      expect(plan.graphed).toBe(false);  // recorded by its first run
+      for (let round = 0; round < 2; ++round)
+        for (let k = 0; k < inputs.length; ++k) {  // each input copied in: not the recorded one's result
+          const [y] = round === 0 ? await plan.run(inputs[k]!) : plan.runSync(inputs[k]!);
+          expect(y!.device).toBe('cuda');
+          expect(Array.from(y!.toFloat32Array())).toEqual(Array.from(want[k]!));
+          y!.dispose();
+          expect(plan.graphed).toBe(expectGraphs);
+        }
+      const times = plan.profile(inputs[0]!);  // profiling runs step by step, timing each
+      expect(times.length).toBe(plan.steps);
+    } finally {
+      if (before === undefined) delete process.env.METAFORMER_CUDA_GRAPHS;
+      else process.env.METAFORMER_CUDA_GRAPHS = before;
+      plan.dispose();
+      stepwise.dispose();
+      for (const x of inputs) x.dispose();
+      model.dispose();
+    }
+  });
+
   it.runIf(gpu)('predicts and trains on the GPU like on the CPU', async () => {
     manualSeed(5);
     const cpu = createModel(tiny);
