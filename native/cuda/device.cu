@@ -217,7 +217,7 @@ void release_cache_locked(DeviceCache& c) {
   cudaGetLastError();
 }
 
-void* device_alloc_uncaptured(size_t cls) {
+void* device_alloc_uncaptured(size_t bytes, size_t cls) {  // cls = dclass(bytes)
   DeviceCache& c = dcache();
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.free_lists.find(cls);
@@ -243,7 +243,7 @@ void* device_alloc_uncaptured(size_t cls) {
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     cudaGetLastError();
-    throw Error(ErrorKind::range, "CUDA out of memory: could not allocate " + std::to_string(cls) + " bytes on " +
+    throw Error(ErrorKind::range, "CUDA out of memory: could not allocate " + std::to_string(bytes) + " bytes on " +
                                       state().props.name + " (" + std::to_string(free_b >> 20) + " MiB free of " +
                                       std::to_string(total_b >> 20) + " MiB; " + cudaGetErrorString(e) + ")");
   }
@@ -264,11 +264,11 @@ void* device_alloc(size_t bytes) {
       fl.pop_back();
       return p;
     }
-    void* p = device_alloc_uncaptured(cls);
+    void* p = device_alloc_uncaptured(bytes, cls);
     t_pool->owned.emplace(p, cls);
     return p;
   }
-  return device_alloc_uncaptured(cls);
+  return device_alloc_uncaptured(bytes, cls);
 }
 
 void device_free(void* p, size_t bytes) noexcept {
@@ -374,7 +374,6 @@ void* capture_graph(const std::function<void()>& fn) {
   auto g = std::make_unique<Graph>();
   MF_CUDA_CHECK(cudaStreamBeginCapture(s.capture_stream, cudaStreamCaptureModeRelaxed));
   cudaGraph_t graph = nullptr;
-  cudaError_t e = cudaSuccess;
   try {
     CaptureScope scope(&g->pool, s.capture_stream);
     fn();
@@ -385,7 +384,7 @@ void* capture_graph(const std::function<void()>& fn) {
     return_pool(g->pool);
     throw;
   }
-  e = cudaStreamEndCapture(s.capture_stream, &graph);
+  cudaError_t e = cudaStreamEndCapture(s.capture_stream, &graph);
   if (e == cudaSuccess) e = cudaGraphInstantiate(&g->exec, graph, 0);
   if (graph) cudaGraphDestroy(graph);
   if (e != cudaSuccess) {
