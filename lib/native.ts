@@ -65,7 +65,7 @@ export interface NativePlan {
   profile(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): Float64Array;
   dispose(): void;
   readonly arenaBytes: number;
-  /** Whether the plan runs as a recorded device graph (METAFORMER_CUDA_GRAPHS=1; its first run records it). */
+  /** Whether the plan runs as a recorded device graph (METAFORMER_CUDA_GRAPHS=1; its second run records it). */
   readonly graphed: boolean;
 }
 

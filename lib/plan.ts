@@ -50,8 +50,9 @@ export interface CompiledPlan {
   readonly arenaBytes: number;
   /**
    * Whether the plan runs as one recorded CUDA graph: on a GPU with METAFORMER_CUDA_GRAPHS=1 set when the
-   * process starts, the first run records the steps and later runs replay them (inputs and outputs pass
-   * through fixed device buffers); false before the first run, on the CPU, or when recording failed.
+   * process starts, the first run goes step by step (a warm-up), the second records the steps and later
+   * runs replay them (inputs and outputs pass through fixed device buffers); false before the second
+   * run, on the CPU, or when recording failed.
    */
   readonly graphed: boolean;
   readonly steps: number;

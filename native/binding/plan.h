@@ -45,10 +45,12 @@ struct PlanData {
   size_t arena_bytes = 0;
   Storage* arena = nullptr;
   // Device graphs (a device whose hooks capture them, switched on; METAFORMER_CUDA_GRAPHS=1 for CUDA):
-  // the steps recorded on the first run and replayed as one launch by the next ones. A graph keeps the
+  // the steps recorded on the second run (the first warms up step by step) and replayed as one launch
+  // by the next ones. A graph keeps the
   // addresses it was recorded with, so the bound inputs and outputs go through fixed device buffers
   // (`staged`, at staged_off[i]): inputs copied in before a replay, outputs copied out after.
   void* graph = nullptr;
+  bool warmed = false;     // a first run went step by step
   bool graph_off = false;  // graphs switched off, or the capture failed once (reported on stderr)
   std::atomic<bool> graphed{false};  // graph is set (read by JS without the compute lock)
   Storage* staged = nullptr;

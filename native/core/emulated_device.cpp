@@ -39,7 +39,7 @@ void emu_synchronize() {}  // the cpu kernels finish before they return
 
 // Graphs (METAFORMER_CUDA_GRAPHS=1, read at each capture): a recording keeps the function and a replay
 // calls it, so the plan runner's graph path (fixed staging buffers, inputs copied in and outputs out,
-// the first run recording) is exercised without a GPU.
+// the second run recording) is exercised without a GPU.
 struct EmuGraph {
   std::function<void()> fn;
 };
