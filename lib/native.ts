@@ -27,6 +27,8 @@ export interface NativeTensorHandle {
   readonly device: number;
   /** Copies this tensor's bytes into dst (the same byte size), between any two devices. */
   copyTo(dst: NativeTensorHandle): void;
+  /** The same copy on a worker thread (a device copy waits there for the work queued before it). */
+  copyToAsync(dst: NativeTensorHandle): Promise<void>;
 }
 
 /** What the addon knows of CUDA (never throws for a missing driver or device). */

@@ -451,6 +451,25 @@ export class Tensor {
   }
 
   /**
+   * Copies to a device like to(device), off the main thread: the bytes move on a worker thread, and a
+   * copy to or from the GPU waits there (not on the event loop) for the GPU work queued before it.
+   * Same device: a copy, as with to().
+   */
+  async toAsync(device: Device): Promise<Tensor> {
+    if (device !== 'cpu' && device !== 'cuda') throw new TypeError(expectation("'cpu' or 'cuda'", 'toAsync()', device));
+    if (device === this.device) return this.clone();
+    const src = this._live('toAsync', 'this');
+    const h = new addon.NativeTensor(DTYPE_CODE[this.dtype], [...this.shape], false, DEVICE_ID[device]);
+    try {
+      await src.copyToAsync(h);
+    } catch (e) {
+      h.dispose();
+      throw e;
+    }
+    return new Tensor(h, this.shape, this.dtype, device);
+  }
+
+  /**
    * @internal Moves this tensor's memory to `device` in place (the object, its autograd flags and every
    * reference to it stay valid): a copy, then the old memory is released. Used by Module.to().
    */

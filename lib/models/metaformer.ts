@@ -295,7 +295,7 @@ export class MetaFormer extends Module {
    */
   async predict(x: Tensor): Promise<Tensor> {
     this.checkInput(x, 'predict');
-    return this.withInputOnDevice(x, async (t) => (await this.plan(t.shape).run(t))[0]!);
+    return this.withInputOnDeviceAsync(x, async (t) => (await this.plan(t.shape).run(t))[0]!);
   }
 
   predictSync(x: Tensor): Tensor {
@@ -303,20 +303,26 @@ export class MetaFormer extends Module {
     return this.withInputOnDevice(x, (t) => noGrad(() => this.plan(t.shape).runSync(t)[0]!));
   }
 
-  /** fn(x), or fn of a copy of x on the model's device, freed when fn (or the promise it returns) is done. */
+  /** fn(x), or fn of a copy of x on the model's device, freed when fn is done. */
   private withInputOnDevice<T>(x: Tensor, fn: (x: Tensor) => T): T {
     const moved = onDevice(x, this.device);
     if (moved === x) return fn(x);
-    let r: T;
     try {
-      r = fn(moved);
-    } catch (e) {
+      return fn(moved);
+    } finally {
       moved.dispose();
-      throw e;
     }
-    if (r instanceof Promise) return r.finally(() => moved.dispose()) as T;
-    moved.dispose();
-    return r;
+  }
+
+  /** The same for asynchronous work: the copy itself is made off the main thread (Tensor.toAsync). */
+  private async withInputOnDeviceAsync<T>(x: Tensor, fn: (x: Tensor) => Promise<T>): Promise<T> {
+    if (x.device === this.device) return fn(x);
+    const moved = await x.toAsync(this.device);
+    try {
+      return await fn(moved);
+    } finally {
+      moved.dispose();
+    }
   }
 
   /**
@@ -325,7 +331,7 @@ export class MetaFormer extends Module {
    */
   async features(x: Tensor, opts: { stages?: boolean } = {}): Promise<FeatureOutput> {
     this.checkInput(x, 'features');
-    const [features, ...stages] = await this.withInputOnDevice(x, (t) => this.plan(t.shape, 'features').run(t));
+    const [features, ...stages] = await this.withInputOnDeviceAsync(x, (t) => this.plan(t.shape, 'features').run(t));
     if (opts.stages) return { features: features!, stages };
     for (const s of stages) s.dispose();
     return { features: features! };

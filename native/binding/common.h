@@ -38,6 +38,41 @@ auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
   }
 }
 
+// An AsyncWorker that settles a promise: run() executes on a libuv thread; an mf::Error rejects with the
+// matching JS error type (TypeError / RangeError / Error), any other exception with an Error.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(env) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual void run() = 0;
+
+ private:
+  void Execute() override {
+    try {
+      run();
+    } catch (const mf::Error& e) {
+      kind_ = e.kind();
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override {
+    Napi::Env env = Env();
+    const std::string msg = e.Message();
+    Napi::Error err = kind_ == ErrorKind::type    ? Napi::TypeError::New(env, msg)
+                      : kind_ == ErrorKind::range ? Napi::RangeError::New(env, msg)
+                                                  : Napi::Error::New(env, msg);
+    deferred_.Reject(err.Value());
+  }
+
+  Napi::Promise::Deferred deferred_;
+  ErrorKind kind_ = ErrorKind::generic;
+};
+
 // JS number -> integer, with a message naming the argument.
 int64_t to_int(Napi::Env env, const Napi::Value& v, const char* what);
 

@@ -78,38 +78,19 @@ Unpacked unpack(const Napi::CallbackInfo& info, bool hold) {
   return u;
 }
 
-class OpWorker : public Napi::AsyncWorker {
+class OpWorker : public PromiseWorker {
  public:
-  OpWorker(Napi::Env env, Unpacked u) : Napi::AsyncWorker(env), u_(std::move(u)), deferred_(env) {}
+  OpWorker(Napi::Env env, Unpacked u) : PromiseWorker(env), u_(std::move(u)) {}
   ~OpWorker() override {
     for (Storage* s : u_.holds) storage_release(s);
   }
-  void Execute() override {
-    try {
-      ComputeScope scope;
-      execute(u_);
-    } catch (const mf::Error& e) {
-      kind_ = e.kind();
-      SetError(e.what());
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& e) override {
-    Napi::Env env = Env();
-    std::string msg = e.Message();
-    Napi::Error err = kind_ == ErrorKind::type    ? Napi::TypeError::New(env, msg)
-                      : kind_ == ErrorKind::range ? Napi::RangeError::New(env, msg)
-                                                  : Napi::Error::New(env, msg);
-    deferred_.Reject(err.Value());
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
 
  private:
+  void run() override {
+    ComputeScope scope;
+    execute(u_);
+  }
   Unpacked u_;
-  Napi::Promise::Deferred deferred_;
-  ErrorKind kind_ = ErrorKind::generic;
 };
 
 }  // namespace

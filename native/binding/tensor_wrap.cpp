@@ -60,6 +60,7 @@ Napi::Function NativeTensor::Define(Napi::Env env) {
                       InstanceMethod<&NativeTensor::Share>("share"),
                       InstanceMethod<&NativeTensor::Dispose>("dispose"), InstanceMethod<&NativeTensor::Track>("track"),
                       InstanceMethod<&NativeTensor::CopyTo>("copyTo"),
+                      InstanceMethod<&NativeTensor::CopyToAsync>("copyToAsync"),
                       InstanceAccessor<&NativeTensor::Disposed>("disposed"),
                       InstanceAccessor<&NativeTensor::Address>("address"),
                       InstanceAccessor<&NativeTensor::Device>("device")});
@@ -256,21 +257,56 @@ Napi::Value NativeTensor::Device(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), storage_ ? storage_->device : kHostDevice);
 }
 
-Napi::Value NativeTensor::CopyTo(const Napi::CallbackInfo& info) {
+std::pair<NativeTensor*, size_t> NativeTensor::copy_destination(const Napi::CallbackInfo& info, const char* op) {
   Napi::Env env = info.Env();
-  TensorView src = view_of(env, "copyTo", "this");
-  NativeTensor* dst = NativeTensor::from(env, info[0], "copyTo", "the destination", false);
-  TensorView dv = dst->view_of(env, "copyTo", "the destination");
+  TensorView src = view_of(env, op, "this");
+  NativeTensor* dst = NativeTensor::from(env, info[0], op, "the destination", false);
+  TensorView dv = dst->view_of(env, op, "the destination");
   size_t bytes = static_cast<size_t>(src.numel()) * dtype_size(src.dtype);
   size_t dbytes = static_cast<size_t>(dv.numel()) * dtype_size(dv.dtype);
   if (bytes != dbytes)
-    throw Napi::RangeError::New(env, "copyTo: expected a destination of " + std::to_string(bytes) +
+    throw Napi::RangeError::New(env, std::string(op) + ": expected a destination of " + std::to_string(bytes) +
                                          " bytes but received " + std::to_string(dbytes) + " bytes");
-  guarded(env, [&] {
+  return {dst, bytes};
+}
+
+Napi::Value NativeTensor::CopyTo(const Napi::CallbackInfo& info) {
+  auto [dst, bytes] = copy_destination(info, "copyTo");
+  guarded(info.Env(), [&] {
     storage_copy(dst->storage_, storage_, bytes);
     return 0;
   });
-  return env.Undefined();
+  return info.Env().Undefined();
+}
+
+namespace {
+// The copy on a libuv thread (a device copy waits there for the work queued before it); both storages
+// are held until it is done, so disposing either tensor meanwhile is safe.
+class CopyWorker : public PromiseWorker {
+ public:
+  CopyWorker(Napi::Env env, Storage* dst, Storage* src, size_t bytes)
+      : PromiseWorker(env), dst_(dst), src_(src), bytes_(bytes) {
+    storage_retain(dst_);
+    storage_retain(src_);
+  }
+  ~CopyWorker() override {
+    storage_release(dst_);
+    storage_release(src_);
+  }
+
+ private:
+  void run() override { storage_copy(dst_, src_, bytes_); }
+  Storage *dst_, *src_;
+  size_t bytes_;
+};
+}  // namespace
+
+Napi::Value NativeTensor::CopyToAsync(const Napi::CallbackInfo& info) {
+  auto [dst, bytes] = copy_destination(info, "copyToAsync");
+  auto* w = new CopyWorker(info.Env(), dst->storage_, storage_, bytes);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value NativeTensor::Address(const Napi::CallbackInfo& info) {

@@ -5,6 +5,8 @@
 #pragma once
 #include <napi.h>
 
+#include <utility>
+
 #include "../core/memory.h"
 #include "../core/tensor.h"
 
@@ -36,6 +38,9 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Napi::Value Address(const Napi::CallbackInfo& info);
   Napi::Value Device(const Napi::CallbackInfo& info);
   Napi::Value CopyTo(const Napi::CallbackInfo& info);
+  Napi::Value CopyToAsync(const Napi::CallbackInfo& info);
+  // The destination of copyTo/copyToAsync (info[0]) and the byte count, checked against this tensor.
+  std::pair<NativeTensor*, size_t> copy_destination(const Napi::CallbackInfo& info, const char* op);
   void release(Napi::Env env);
   // The byte size of this live host tensor (throws a JS error naming op otherwise).
   size_t host_bytes(Napi::Env env, const char* op) const;

@@ -123,6 +123,41 @@ describe('tensors on devices', () => {
   });
 });
 
+describe('copies off the main thread', () => {
+  it('toAsync copies like to(), and refuses what to() refuses', async () => {
+    const data = Float32Array.from({ length: 300 }, (_, i) => Math.cos(i) * 2);
+    const x = Tensor.from(data, [3, 100]);
+    const same = await x.toAsync('cpu');  // the same device: a copy
+    expect(same).not.toBe(x);
+    expect(Array.from(same.toFloat32Array())).toEqual(Array.from(data));
+    await expect(x.toAsync('gpu' as never)).rejects.toThrow(TypeError);
+    const gone = Tensor.from(data, [3, 100]);
+    gone.dispose();
+    await expect(gone.toAsync('cuda')).rejects.toThrow(/disposed/);
+    x.dispose();
+    same.dispose();
+  });
+
+  it.runIf(gpu)('moves tensors to the GPU and back on a worker thread; disposing the source meanwhile is safe', async () => {
+    const data = Float32Array.from({ length: 5000 }, (_, i) => Math.sin(i) * 3);
+    const x = Tensor.from(data, [50, 100]);
+    const pending = x.toAsync('cuda');
+    x.dispose();  // the copy holds the memory until it is done
+    const d = await pending;
+    expect(d.device).toBe('cuda');
+    expect(d.dtype).toBe('float32');
+    expect(d.shape).toEqual([50, 100]);
+    const back = await d.toAsync('cpu');
+    expect(back.device).toBe('cpu');
+    expect(Array.from(back.toFloat32Array())).toEqual(Array.from(data));
+    const i32 = Tensor.ones([7], 'int32');
+    const di = await i32.toAsync('cuda');
+    const hi = await di.toAsync('cpu');
+    expect(Array.from(hi.view())).toEqual([1, 1, 1, 1, 1, 1, 1]);
+    for (const t of [d, back, i32, di, hi]) t.dispose();
+  });
+});
+
 describe('plans on devices', () => {
   it.runIf(gpu)("compiles plans for 'cuda': arena, input and outputs there; refuses tensors elsewhere", async () => {
     const w = Tensor.from(Float32Array.from({ length: 12 }, (_, i) => i / 7 - 0.8), [4, 3]);
