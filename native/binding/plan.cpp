@@ -382,30 +382,22 @@ Napi::Value Plan::Profile(const Napi::CallbackInfo& info) {
 }
 
 namespace {
-class PlanWorker : public Napi::AsyncWorker {
+class PlanWorker : public PromiseWorker {
  public:
   PlanWorker(Napi::Env env, std::shared_ptr<PlanData> d, std::vector<void*> bound, std::vector<Storage*> holds)
-      : Napi::AsyncWorker(env), d_(std::move(d)), bound_(std::move(bound)), holds_(std::move(holds)), deferred_(env) {}
+      : PromiseWorker(env), d_(std::move(d)), bound_(std::move(bound)), holds_(std::move(holds)) {}
   ~PlanWorker() override {
     for (Storage* s : holds_) storage_release(s);
   }
-  void Execute() override {
-    try {
-      ComputeScope scope;
-      d_->execute(bound_);
-    } catch (const std::exception& e) {
-      SetError(e.what());
-    }
-  }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-  Napi::Promise promise() { return deferred_.Promise(); }
 
  private:
+  void run() override {
+    ComputeScope scope;
+    d_->execute(bound_);
+  }
   std::shared_ptr<PlanData> d_;
   std::vector<void*> bound_;
   std::vector<Storage*> holds_;
-  Napi::Promise::Deferred deferred_;
 };
 }  // namespace
 
