@@ -62,7 +62,7 @@ void PlanData::run_steps(const std::vector<void*>& bound, const DeviceHooks* dev
 }
 
 bool PlanData::run_graph(const std::vector<void*>& bound, const DeviceHooks* dev) {
-  if (graph_off || !dev->capture) return false;
+  if (graph_off || !dev->graphs || !dev->graphs()) return false;  // (nothing allocated when they are off)
   // The first run goes step by step: kernels get loaded, cuBLAS picks its algorithms and the allocator
   // cache fills outside any recording. The second run records.
   if (!graph && !warmed) {
@@ -87,7 +87,7 @@ bool PlanData::run_graph(const std::vector<void*>& bound, const DeviceHooks* dev
       std::fprintf(stderr, "metaformer: recording a CUDA graph of this plan failed (%s); it runs step by step\n",
                    e.what());
     }
-    if (!g) {  // switched off, or failed: step by step from now on
+    if (!g) {  // failed: step by step from now on
       storage_release(st);
       graph_off = true;
       return false;

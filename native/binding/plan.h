@@ -51,7 +51,7 @@ struct PlanData {
   // (`staged`, at staged_off[i]): inputs copied in before a replay, outputs copied out after.
   void* graph = nullptr;
   bool warmed = false;     // a first run went step by step
-  bool graph_off = false;  // graphs switched off, or the capture failed once (reported on stderr)
+  bool graph_off = false;  // the capture failed once (reported on stderr)
   std::atomic<bool> graphed{false};  // graph is set (read by JS without the compute lock)
   Storage* staged = nullptr;
   std::vector<size_t> staged_off;

@@ -37,23 +37,24 @@ void emu_copy(void* dst, int32_t, const void* src, int32_t, size_t bytes) {
 
 void emu_synchronize() {}  // the cpu kernels finish before they return
 
-// Graphs (METAFORMER_CUDA_GRAPHS=1, read at each capture): a recording keeps the function and a replay
+// Graphs (METAFORMER_CUDA_GRAPHS=1, read at each run): a recording keeps the function and a replay
 // calls it, so the plan runner's graph path (fixed staging buffers, inputs copied in and outputs out,
 // the second run recording) is exercised without a GPU.
 struct EmuGraph {
   std::function<void()> fn;
 };
 
-void* emu_capture(const std::function<void()>& fn) {
+bool emu_graphs() {
   const char* v = std::getenv("METAFORMER_CUDA_GRAPHS");
-  return v && std::strcmp(v, "1") == 0 ? new EmuGraph{fn} : nullptr;
+  return v && std::strcmp(v, "1") == 0;
 }
+void* emu_capture(const std::function<void()>& fn) { return new EmuGraph{fn}; }
 void emu_replay(void* g) { static_cast<EmuGraph*>(g)->fn(); }
 void emu_release_graph(void* g) { delete static_cast<EmuGraph*>(g); }
 void emu_copy_async(void* dst, const void* src, size_t bytes) { emu_copy(dst, 1, src, 1, bytes); }
 
-const DeviceHooks kEmulatedHooks{emu_alloc, emu_release, emu_copy, emu_synchronize,
-                                 emu_capture, emu_replay, emu_release_graph, emu_copy_async};
+const DeviceHooks kEmulatedHooks{emu_alloc,   emu_release, emu_copy,          emu_synchronize, emu_graphs,
+                                 emu_capture, emu_replay,  emu_release_graph, emu_copy_async};
 
 }  // namespace
 

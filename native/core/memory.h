@@ -36,10 +36,11 @@ struct DeviceHooks {
   void (*copy)(void* dst, int32_t dst_device, const void* src, int32_t src_device, size_t bytes);
   // Waits for the work queued on this device; throws mf::Error for an asynchronous failure.
   void (*synchronize)();
-  // Graphs (null where the device has none): capture runs fn and records the work it queues from this
-  // thread, and the device memory it allocates, into a replayable graph (the work does not run), or
-  // returns null without calling fn when graphs are switched off; replay queues a graph; release_graph
-  // waits for it and frees it; copy_async queues a copy within the device, ordered with the graphs.
+  // Graphs (null where the device has none): graphs says whether they are switched on; capture runs fn
+  // and records the work it queues from this thread, and the device memory it allocates, into a
+  // replayable graph (the work does not run); replay queues a graph; release_graph waits for it and
+  // frees it; copy_async queues a copy within the device, ordered with the graphs.
+  bool (*graphs)();
   void* (*capture)(const std::function<void()>& fn);
   void (*replay)(void* graph);
   void (*release_graph)(void* graph);  // never throws

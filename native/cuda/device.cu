@@ -424,10 +424,8 @@ void hook_copy(void* dst, int32_t dst_device, const void* src, int32_t src_devic
   copy(dst, dst_device, src, src_device, bytes);
 }
 
-void* hook_capture(const std::function<void()>& fn) { return graphs_enabled() ? capture_graph(fn) : nullptr; }
-
-const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy, &synchronize,
-                         &hook_capture, &replay_graph, &release_graph, &copy_async};
+const DeviceHooks kHooks{&device_alloc, &device_free, &hook_copy,     &synchronize, &graphs_enabled,
+                         &capture_graph, &replay_graph, &release_graph, &copy_async};
 [[maybe_unused]] const bool kInstalled = (set_device_hooks(kCudaDevice, &kHooks), true);
 
 }  // namespace

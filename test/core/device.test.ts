@@ -207,7 +207,7 @@ describe('models on devices', () => {
   });
 
   // CUDA graphs (METAFORMER_CUDA_GRAPHS=1): a real device reads the switch when it starts (the GPU
-  // check runs this file with it set), the emulated one at each recording (so it is set here).
+  // check runs this file with it set), the emulated one at each run (so it is set here).
   it.runIf(gpu)('plans recorded as CUDA graphs give the step-by-step results, input by input', async () => {
     const real = !cudaInfo().emulated;
     const before = process.env.METAFORMER_CUDA_GRAPHS;
