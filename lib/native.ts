@@ -14,7 +14,7 @@ export interface NativeTensorHandle {
   read(): ArrayBuffer;
   /** Copies exactly the tensor's byte size in (host tensors). */
   write(data: Uint8Array): void;
-  /** Frees data kept with the memory (bf16 copies of a weight). */
+  /** Frees data kept with the memory (bf16 copies or packed GEMM panels of a weight). */
   dropDerived(): void;
   /** A second handle to the same memory with another shape (same element count). */
   share(shape: number[]): NativeTensorHandle;

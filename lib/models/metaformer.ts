@@ -337,7 +337,7 @@ export class MetaFormer extends Module {
     return { features: features! };
   }
 
-  /** Drops the compiled plans and the bf16 copies of the weights that bf16 plans keep. */
+  /** Drops the compiled plans and the copies of the weights that plans keep (bf16 copies, packed GEMM panels). */
   clearPlans(): void {
     for (const p of this.plans.values()) p.dispose();
     this.plans.clear();

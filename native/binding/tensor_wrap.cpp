@@ -3,7 +3,7 @@
 //   t.view() -> ArrayBuffer (zero-copy, holds a reference; host tensors only; while it lives the memory
 //              counts as changing, see Storage::live_views)
 //   t.read() -> ArrayBuffer (a copy)   t.write(Uint8Array) (copies in; the sizes must match)
-//   t.dropDerived(): frees data kept with the memory (bf16 copies of a weight; see Storage::derived)
+//   t.dropDerived(): frees data kept with the memory (bf16 copies or packed GEMM panels of a weight; see Storage::derived)
 //   t.share(shape[]) -> NativeTensor (same memory)   t.copyTo(other) (same byte size, any devices)
 //   t.dispose()   t.disposed   t.address (for alignment checks)   t.device
 //   t.track(): reports this handle's bytes to V8's GC heuristics from now until it is released. Handles

@@ -49,8 +49,8 @@ struct DeviceHooks {
 void set_device_hooks(int32_t device, const DeviceHooks* hooks);
 const DeviceHooks* device_hooks(int32_t device);  // null when this build has no such device
 
-// Something computed from a storage's contents and kept with it (the cpu backend's bf16 copies of
-// weights); destroyed with the storage.
+// Something computed from a storage's contents and kept with it (the cpu backend's bf16 copies and
+// packed GEMM panels of plan weights); destroyed with the storage.
 struct Derived {
   virtual ~Derived() = default;
 };

@@ -1,6 +1,7 @@
-// gemm.cpp: oneDNN matmul with a per-shape primitive cache (see gemm.h), and the bf16 mode's operand
-// copies (kept with the storage for plan weights). oneDNN runs on the same OpenMP pool as our kernels
-// (Debian's libdnnl is built with the OpenMP runtime).
+// gemm.cpp: oneDNN matmul with a per-shape primitive cache (see gemm.h), the choice of the own GEMM,
+// and the copies kept with plan weights (the bf16 mode's operand copies, the own GEMM's packed
+// panels). oneDNN runs on the same OpenMP pool as our kernels (Debian's libdnnl is built with the
+// OpenMP runtime).
 #include "gemm.h"
 
 #include <pthread.h>
@@ -223,17 +224,53 @@ class ProfilerSignalBlock {
   sigset_t old_;
 };
 
-// bf16 copies of a plan weight (Storage::derived), one per GEMM layout it feeds, each valid for the
-// storage version it was made from.
-struct Bf16Copies : Derived {
+// Copies derived from a plan weight (Storage::derived): the bf16 mode's rounded copies (one per GEMM
+// layout the weight feeds) and the own GEMM's packed panels, each identified by a key (its kind and
+// layout) and valid for the storage version it was made from.
+struct WeightCopies : Derived {
   struct Copy {
-    std::array<int64_t, 6> layout;  // K, N, b_k, b_n, rounded, copy size
+    std::array<int64_t, 7> key;
     std::unique_ptr<Scratch> data;
     bool valid = false;
     uint64_t version = 0;
   };
   std::vector<Copy> copies;
 };
+
+enum CopyKind : int64_t { kBf16Copy = 1, kPackedPanels = 2 };
+
+// The running plan's storage for weight B, if B is one and JS cannot be writing it (no live view()).
+Storage* plan_weight(const GemmShape& s, const float* B) {
+  const WeightIndex* weights = plan_context().weights;
+  if (!weights || s.batch[0] * s.batch[1] != 1) return nullptr;
+  auto it = weights->find(B);
+  if (it == weights->end()) return nullptr;
+  Storage* w = it->second;
+  return w->live_views.load(std::memory_order_acquire) == 0 ? w : nullptr;
+}
+
+// The copy `key` of plan weight w (`floats` of scratch), made by fill(dst) when it is missing or the
+// weight changed since it was made.
+template <typename Fill>
+const float* weight_copy(Storage* w, const std::array<int64_t, 7>& key, size_t floats, Fill&& fill) {
+  auto* cache = dynamic_cast<WeightCopies*>(w->derived.get());
+  if (!cache) {
+    w->derived = std::make_unique<WeightCopies>();
+    cache = static_cast<WeightCopies*>(w->derived.get());
+  }
+  auto c = std::find_if(cache->copies.begin(), cache->copies.end(), [&](const WeightCopies::Copy& x) { return x.key == key; });
+  const uint64_t version = w->version.load(std::memory_order_acquire);
+  if (c == cache->copies.end()) {
+    cache->copies.push_back({key, std::make_unique<Scratch>(floats)});
+    c = cache->copies.end() - 1;
+  }
+  if (!c->valid || c->version != version) {
+    fill(c->data->get());
+    c->valid = true;
+    c->version = version;
+  }
+  return c->data->get();
+}
 
 // Floats of scratch that hold n elements of e's bf16-mode operand copies.
 size_t copy_floats(const Entry& e, int64_t n) {
@@ -248,33 +285,22 @@ void copy_operand(const Entry& e, const GemmShape& s, int64_t rows, int64_t cols
   else copy_bf16(s, rows, cols, src, bs, rs, cs, d, reinterpret_cast<uint16_t*>(dst));
 }
 
-// The bf16 copy of B when B is a weight of the running plan whose copy is current (made now if the
-// weight changed since); null when B is not such a weight or JS may be writing it (a live view()).
+// The bf16 copy of B when B is a weight of the running plan (made now if the weight changed since);
+// null when B is not such a weight or JS may be writing it (a live view()).
 const void* cached_weight_copy(const GemmShape& s, const float* B, const Entry& e) {
-  const WeightIndex* weights = plan_context().weights;
-  if (!weights || s.batch[0] * s.batch[1] != 1) return nullptr;
-  auto it = weights->find(B);
-  if (it == weights->end()) return nullptr;
-  Storage* w = it->second;
-  if (w->live_views.load(std::memory_order_acquire) != 0) return nullptr;
-  auto* cache = dynamic_cast<Bf16Copies*>(w->derived.get());
-  if (!cache) {
-    w->derived = std::make_unique<Bf16Copies>();
-    cache = static_cast<Bf16Copies*>(w->derived.get());
-  }
-  const std::array<int64_t, 6> layout{s.K, s.N, s.b_k, s.b_n, e.rounded, e.db.size};
-  auto c = std::find_if(cache->copies.begin(), cache->copies.end(), [&](const Bf16Copies::Copy& x) { return x.layout == layout; });
-  uint64_t version = w->version.load(std::memory_order_acquire);
-  if (c == cache->copies.end()) {
-    cache->copies.push_back({layout, std::make_unique<Scratch>(copy_floats(e, e.db.size))});
-    c = cache->copies.end() - 1;
-  }
-  if (!c->valid || c->version != version) {
-    copy_operand(e, s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, c->data->get());
-    c->valid = true;
-    c->version = version;
-  }
-  return c->data->get();
+  Storage* w = plan_weight(s, B);
+  if (!w) return nullptr;
+  const std::array<int64_t, 7> key{kBf16Copy, s.K, s.N, s.b_k, s.b_n, e.rounded, e.db.size};
+  return weight_copy(w, key, copy_floats(e, e.db.size),
+                     [&](float* dst) { copy_operand(e, s, s.K, s.N, B, s.b_b, s.b_k, s.b_n, e.db, dst); });
+}
+
+// The own GEMM's packed panels of B when B is a weight of the running plan, else null.
+const float* packed_weight(const GemmShape& s, const float* B) {
+  Storage* w = plan_weight(s, B);
+  if (!w) return nullptr;
+  const std::array<int64_t, 7> key{kPackedPanels, s.K, s.N, s.b_k, s.b_n, 0, 0};
+  return weight_copy(w, key, own_gemm_packed_floats(s), [&](float* dst) { own_gemm_pack(s, B, dst); });
 }
 
 }  // namespace
@@ -297,9 +323,13 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
     return;
   }
   Precision p = gemm_precision();
-  if (p == Precision::f32 && own_gemm_applies(s)) {
-    own_gemm(s, A, B, C, s.bias ? bias : nullptr);
-    return;
+  if (p == Precision::f32) {
+    // A plan weight is packed once (per version) and read packed by every later run.
+    const float* packed = own_gemm_applies(s, true) ? packed_weight(s, B) : nullptr;
+    if (packed || own_gemm_applies(s)) {
+      own_gemm(s, A, B, C, s.bias ? bias : nullptr, packed);
+      return;
+    }
   }
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);

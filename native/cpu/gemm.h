@@ -43,9 +43,16 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
 
 // The own float32 GEMM (sgemm.cpp): whether it takes this product (a CPU without AVX-512; no batch,
 // A and C row-major, M >= 128 rows, N >= 96 columns (64 when A is large and streamed), B of at most
-// 2^19 floats, enough rows or columns per thread, ...), and the product itself. gemm() calls it for float32 when it applies.
-bool own_gemm_applies(const GemmShape& s);
-void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias);
+// 2^19 floats, enough rows or columns per thread, ...; with B packed in advance from 48 rows, 64
+// columns and any size of B), and the product itself. gemm() calls it for float32 when it applies,
+// with B packed in advance when B is a weight of the running plan (kept with the weight's storage).
+bool own_gemm_applies(const GemmShape& s, bool packed_b = false);
+// B in the panel layout own_gemm reads: its size in floats, and the packing (parallel).
+size_t own_gemm_packed_floats(const GemmShape& s);
+void own_gemm_pack(const GemmShape& s, const float* B, float* out);
+// prepacked: own_gemm_pack's output for this B and shape, or null to pack per call.
+void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias,
+              const float* prepacked = nullptr);
 
 // Which float32 GEMM runs (process-wide; for tests and benchmarks): automatic (the rules above),
 // own (every product the own kernel can compute: no batch, A and C row-major, alpha 1, no activation

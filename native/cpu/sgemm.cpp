@@ -19,6 +19,11 @@
 // it packs and multiplies with all rows. When A is large (>= 8 MiB, one K block, rows contiguous: it
 // comes from memory), each row block's tiles prefetch the next block into L2; with that, outputs of
 // 64 columns (4 panels) run here too (oneDNN kept them below 100 GFLOP/s at batch 32).
+//
+// Plan weights arrive packed (gemm.cpp keeps the panels with the weight's storage, made once per
+// weight version): then no per-call packing, and the kernel also takes the products it would leave to
+// oneDNN otherwise, from 48 rows and 64 columns and with any size of B (stage 4's 49-row products
+// at batch 1, whose weights come from memory while the tiles run; RESULTS.md log 28).
 #include <algorithm>
 #include <atomic>
 
@@ -36,6 +41,8 @@ constexpr int64_t kMinCols = 96;     // narrower outputs (N = 64: 4 panels) meas
 // 512 x 2048, 2048 x 512, 1024 x 1024); every MetaFormer GEMM of stages 1-3 is below.
 constexpr int64_t kMaxPacked = int64_t{1} << 19;
 constexpr int64_t KC = 384, MC = 96;  // K block, rows per block (a multiple of 6)
+// With B packed in advance (a plan weight), from this many rows and kMinPackedCols columns.
+constexpr int64_t kMinPackedRows = 48, kMinPackedCols = 64;
 
 struct Epilogue {
   const float* bias;  // of this panel (16 columns), or null
@@ -205,7 +212,7 @@ std::atomic<int> g_policy{static_cast<int>(GemmPolicy::automatic)};
 void set_gemm_policy(GemmPolicy p) { g_policy.store(static_cast<int>(p), std::memory_order_relaxed); }
 GemmPolicy gemm_policy() { return static_cast<GemmPolicy>(g_policy.load(std::memory_order_relaxed)); }
 
-bool own_gemm_applies(const GemmShape& s) {
+bool own_gemm_applies(const GemmShape& s, bool packed_b) {
   const GemmPolicy policy = gemm_policy();
   if (policy == GemmPolicy::onednn) return false;
   if (s.batch[0] * s.batch[1] != 1 || s.K < 1 || s.a_k != 1 || s.c_n != 1 || s.alpha != 1.0f || (s.accumulate && s.act != 0))
@@ -213,24 +220,48 @@ bool own_gemm_applies(const GemmShape& s) {
   if (policy == GemmPolicy::own) return true;
   // On CPUs with AVX-512, oneDNN's kernels use twice our vector width: they stay.
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 || s.M < kMinRows || s.K * s.N > kMaxPacked) return false;
-  // Narrow outputs (N = 64: 4 panels) only with A streamed and prefetched (1.3-1.5x oneDNN there).
-  if (s.N < kMinCols && !(s.N >= 64 && streams_a(s) && split_rows(s))) return false;
+  if (avx512) return false;
+  if (packed_b) {
+    if (s.M < kMinPackedRows || s.N < kMinPackedCols) return false;
+  } else {
+    if (s.M < kMinRows || s.K * s.N > kMaxPacked) return false;
+    // Narrow outputs (N = 64: 4 panels) only with A streamed and prefetched (1.3-1.5x oneDNN there).
+    if (s.N < kMinCols && !(s.N >= 64 && streams_a(s) && split_rows(s))) return false;
+  }
   // Enough work units per thread for one of the two splits to balance (measured on 2 cores only;
   // with many threads and few rows and columns, oneDNN's two-dimensional partitioning stays).
   return split_rows(s) || (s.N + 15) / 16 >= 2 * num_threads();
 }
 
-void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
+// K block kb starts at float kb * KC * panels * 16 (k0 * panels * 16) and holds kc * panels * 16.
+size_t own_gemm_packed_floats(const GemmShape& s) { return static_cast<size_t>(s.K * ((s.N + 15) / 16) * 16); }
+
+namespace {
+
+// B's panels [K block][panel][kc][16] (K blocks KC * panels * 16 floats apart), for K block kb and
+// panels [p0, p1).
+void pack_panels(const GemmShape& s, const float* B, float* Bp, int64_t kb, int64_t p0, int64_t p1) {
+  const int64_t np = (s.N + 15) / 16, k0 = kb * KC, kc = std::min(KC, s.K - k0);
+  for (int64_t p = p0; p < p1; ++p) pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, s.N, Bp + kb * KC * np * 16 + p * kc * 16);
+}
+
+void pack_all(const GemmShape& s, const float* B, float* Bp) {
+  const int64_t np = (s.N + 15) / 16, nkb = (s.K + KC - 1) / KC;
+  parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) pack_panels(s, B, Bp, t / np, t % np, t % np + 1);
+  });
+}
+
+}  // namespace
+
+void own_gemm_pack(const GemmShape& s, const float* B, float* out) { pack_all(s, B, out); }
+
+void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias, const float* prepacked) {
   const int64_t M = s.M, N = s.N, K = s.K;
   const int64_t np = (N + 15) / 16, nkb = (K + KC - 1) / KC;
   const int64_t block = KC * np * 16;  // floats per packed K block
-  Scratch packed(static_cast<size_t>(nkb * block));
-  float* Bp = packed.get();
-  auto pack = [&](int64_t kb, int64_t p0, int64_t p1) {
-    int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
-    for (int64_t p = p0; p < p1; ++p) pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, N, Bp + kb * block + p * kc * 16);
-  };
+  Scratch packed(prepacked ? 0 : own_gemm_packed_floats(s));
+  const float* Bp = prepacked ? prepacked : packed.get();
   const bool aligned = (reinterpret_cast<uintptr_t>(C) % 32 == 0) && (s.c_m % 8 == 0);
   const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
   // While a row block runs, the next one is prefetched into L2, spread over its tiles and panels.
@@ -256,9 +287,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   };
   if (split_rows(s)) {
     // Tall: B packed once by all threads, then each thread takes a contiguous range of row blocks.
-    parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) pack(t / np, t % np, t % np + 1);
-    });
+    if (!prepacked) pack_all(s, B, packed.get());
     parallel_for((M + MC - 1) / MC, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t mb = b0; mb < b1; ++mb)  // a block's C stays in cache over the K blocks
         for (int64_t kb = 0; kb < nkb; ++kb) compute(kb, mb * MC, std::min(M, mb * MC + MC), 0, np, MC);
@@ -270,7 +299,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
     const int64_t mc = M <= 264 ? M : MC;
     parallel_for(np, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        pack(kb, p0, p1);
+        if (!prepacked) pack_panels(s, B, packed.get(), kb, p0, p1);
         compute(kb, 0, M, p0, p1, mc);
       }
       if (stream) _mm_sfence();

@@ -1,13 +1,16 @@
 /**
  * The cpu backend's choice of float32 GEMM (setGemmPolicy): the own kernel and oneDNN give the same
  * products up to float32 summation order, through the public ops and through a model's predict();
- * bad names are refused and the previous policy is returned. (Every GEMM-based op against the
+ * bad names are refused and the previous policy is returned. Inside a plan the own kernel reads its
+ * weights packed in advance (kept with the weight): the same bits as packing per call. (Every GEMM-based op against the
  * reference backend under each policy: test/ops/cpu_vs_ref.test.ts.)
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { setGemmPolicy, type GemmPolicy } from '../../lib/backend.js';
 import { createModel } from '../../lib/models/index.js';
-import { linear } from '../../lib/ops.js';
+import { linear, starRelu } from '../../lib/ops.js';
+import { compilePlan } from '../../lib/plan.js';
+import { Tensor } from '../../lib/tensor.js';
 import { randomTensor, relL2 } from '../helpers/tensors.js';
 
 afterEach(() => {
@@ -54,5 +57,30 @@ describe('setGemmPolicy', () => {
     expect(relL2(own, onednn)).toBeLessThan(1e-5);
     x.dispose();
     model.dispose();
+  });
+
+  // A plan's weights are packed once into the own GEMM's panels; an eager op packs per call. The same
+  // kernel on the same panels: bit-identical results, for shapes with tails in every dimension (K
+  // beyond one 384-deep block, rows and columns that are not multiples of the 6 x 16 tile).
+  it('gives plans with packed weights the same bits as packing per call', () => {
+    setGemmPolicy('own');
+    const s = Tensor.from([0.9]), sb = Tensor.from([-0.05]);
+    for (const [M, K, N, seed] of [[49, 53, 37, 5], [50, 385, 64, 6], [97, 800, 130, 7], [1, 512, 100, 8]] as const) {
+      const x = randomTensor([M, K], seed), w = randomTensor([N, K], seed + 10, 0.2), b = randomTensor([N], seed + 20, 0.1);
+      for (const fn of [(t: Tensor) => linear(t, w, b), (t: Tensor) => starRelu(linear(t, w, b), s, sb)]) {
+        const eager = fn(x);
+        const plan = compilePlan(fn, x.shape, 'cpu');
+        for (let run = 0; run < 2; ++run) {  // the first run packs, the second reads the kept panels
+          const [y] = plan.runSync(x);
+          expect(Array.from(y!.toFloat32Array()), `M=${M} K=${K} N=${N} run ${run}`).toEqual(Array.from(eager.toFloat32Array()));
+          y!.dispose();
+        }
+        plan.dispose();
+        eager.dispose();
+      }
+      for (const t of [x, w, b]) t.dispose();
+    }
+    s.dispose();
+    sb.dispose();
   });
 });
