@@ -131,8 +131,8 @@ __attribute__((always_inline)) inline void tile(int64_t kc, const float* A, int6
 }
 
 // Rows [m0, m1) of one panel: 6-row tiles, then the remainder.
-// PF: pf_step bytes from pf on are prefetched into L2 before each 6-row tile (the next row block). A
-// separate instantiation: the prefetch loop next to the tile changed the tile's code (8% slower).
+// PF: pf_step bytes from pf on are prefetched into L2 before each 6-row tile (the next row block of a
+// streamed A, or the next panel of a packed weight). A separate instantiation: the prefetch loop next to the tile changed the tile's code (8% slower).
 template <bool PF>
 void panel_rows(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
                 int64_t ldc, int nc, const Epilogue& e, const char* pf, int64_t pf_step) {
@@ -266,6 +266,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
   // While a row block runs, the next one is prefetched into L2, spread over its tiles and panels.
   const bool prefetch_a = streams_a(s);
+  const bool pf_panels = prepacked != nullptr && !split_rows(s);
   // Rows [m0, m1) x panels [p0, p1) for K block kb, in row blocks of mc.
   auto compute = [&](int64_t kb, int64_t m0, int64_t m1, int64_t p0, int64_t p1, int64_t mc) {
     int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
@@ -279,9 +280,22 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
       for (int64_t p = p0; p < p1; ++p) {
         int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
         Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1, stream};
-        if (step > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e, pf, step);
-        else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, Bp + kb * block + p * kc * 16, C + p * 16, s.c_m, nc, e, nullptr, 0);
-        pf += step * ((r1 - r0) / 6);
+        const float* panel = Bp + kb * block + p * kc * 16;
+        if (step > 0) {
+          panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, pf, step);
+          pf += step * ((r1 - r0) / 6);
+        } else if (pf_panels && r0 == m0 && (r1 - r0) / 6 > 0) {
+          // A packed weight comes from memory once per call: the next panel (or the next K block's
+          // first) is fetched into L2 while this one's tiles run.
+          const bool last = p + 1 == p1;
+          const int64_t next_kc = last ? std::min(KC, K - k0 - KC) : kc;  // <= 0: no next K block
+          const float* next = last ? Bp + (kb + 1) * block + p0 * next_kc * 16 : panel + kc * 16;
+          const int64_t pstep = (next_kc * 64 / ((r1 - r0) / 6) + 63) / 64 * 64;
+          if (next_kc > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, reinterpret_cast<const char*>(next), pstep);
+          else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
+        } else {
+          panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
+        }
       }
     }
   };
