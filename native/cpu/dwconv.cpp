@@ -229,22 +229,10 @@ void run_conv(const Geom& g, const float* x, const float* w, bool flip, const fl
           }
         }
       };
-      // Input rows the next output rows will need (the group's channels of each pixel are 1-4 cache
-      // lines, a pixel's stride apart: the hardware prefetchers miss them at large batches).
-      auto prefetch = [&](int64_t bb, int64_t h) {
-        if (h < 0 || h >= g.H || bb >= g.B) return;
-        const char* s = reinterpret_cast<const char*>(x + ((bb * g.H + h) * g.W) * g.C + cg0);
-        for (int64_t q = 0; q < g.W; ++q)
-          for (int64_t c = 0; c < ncg; c += CB) _mm_prefetch(s + (q * g.C + c) * 4, _MM_HINT_T0);
-      };
       int64_t filled = 0;  // padded rows [0, filled) have been written
       for (int64_t oh = 0; oh < g.H; oh += 2) {
         const int64_t R = std::min<int64_t>(2, g.H - oh);
         for (; filled < oh + g.kh + R - 1; ++filled) fill(filled);
-        for (int64_t r = filled; r < filled + 2; ++r) {
-          if (r - g.ph < g.H) prefetch(b, r - g.ph);
-          else if (t + 1 < t1) prefetch(b + 1, r - g.ph - g.H);  // the next task's first rows
-        }
         for (int64_t k = 0; k < nb; ++k) {
           for (int64_t i = 0; i < g.kh + R - 1; ++i)
             rows[static_cast<size_t>(i)] = ring.get() + k * plane + ((oh + i) % RS) * cols * 8;
