@@ -146,7 +146,10 @@ describe('bf16 predict()', () => {
 // float32 runs with the own GEMM forced, so its panels are used on every CPU). Every way a weight can
 // change must show in the next predict(): the result must equal a fresh model's (a fresh plan, no
 // copies) with the same weights, bit for bit.
-describe.each(['bf16', 'float32'] as const)('%s weight copies follow weight changes', (precision) => {
+describe.each([
+  ['bf16', 'auto'],
+  ['float32', 'own'],
+] as const)('%s weight copies follow weight changes (GEMM policy %s)', (precision, gemmPolicy) => {
   const cfg = { family: 'caformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
   const x = randomTensor([1, 3, 64, 64], 21);
   const logitsOf = async (m: MetaFormer): Promise<number[]> => {
@@ -168,7 +171,7 @@ describe.each(['bf16', 'float32'] as const)('%s weight copies follow weight chan
   it('after writes through a kept view, loadStateDict, an optimizer step and copyTo', async () => {
     const m = createModel(cfg, { precision });
     const opt = new AdamW(m, { lr: 1e-2 });
-    const policy = setGemmPolicy(precision === 'float32' ? 'own' : 'auto');
+    const policy = setGemmPolicy(gemmPolicy);
     try {
       let prev = await logitsOf(m);
       expect(await logitsOf(m)).toEqual(prev);  // the copies made by the first call are reused
@@ -213,30 +216,33 @@ describe.each(['bf16', 'float32'] as const)('%s weight copies follow weight chan
 });
 
 describe('clearPlans() frees the weight copies', () => {
-  it('frees the bf16 copies and the packed float32 panels with the plans', async () => {
-    const cfg = { family: 'convformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
-    const x = randomTensor([1, 3, 64, 64], 31);
-    const drop = async (precision: Precision, policy: GemmPolicy): Promise<number> => {
-      const m = createModel(cfg, { precision });
-      const previous = setGemmPolicy(policy);
+  // Plans keep a copy of every GEMM weight: bf16 copies (2 or 4 bytes per weight) or the own GEMM's
+  // packed panels (4 bytes per weight, padded); oneDNN reads float32 weights as they are. clearPlans()
+  // frees the copies with the arenas: live memory returns to where it was before the first predict().
+  const cfg = { family: 'convformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
+  const cases = [
+    { precision: 'bf16', policy: 'auto', bytesPerWeight: 2 },
+    { precision: 'float32', policy: 'own', bytesPerWeight: 4 },
+    { precision: 'float32', policy: 'onednn', bytesPerWeight: 0 },
+  ] as const;
+  for (const c of cases) {
+    it(`${c.precision} plans, GEMM policy ${c.policy}`, async () => {
+      const x = randomTensor([1, 3, 64, 64], 31);
+      const m = createModel(cfg, { precision: c.precision });
+      const previous = setGemmPolicy(c.policy);
       try {
-        (await m.predict(x)).dispose();
+        let gemmWeights = 0;  // every 2-D weight feeds a GEMM (1x1 convs, MLP, head)
+        for (const [, p] of m.namedParameters()) if (p.ndim === 2) gemmWeights += p.numel;
         const before = memoryStats().live;
+        (await m.predict(x)).dispose();
+        expect(memoryStats().live - before).toBeGreaterThanOrEqual(gemmWeights * c.bytesPerWeight);
         m.clearPlans();
-        return before - memoryStats().live;
+        expect(memoryStats().live).toBe(before);
       } finally {
         setGemmPolicy(previous);
         m.dispose();
+        x.dispose();
       }
-    };
-    const m = createModel(cfg);
-    let gemmWeightBytes = 0;  // every 2-D weight feeds a GEMM (1x1 convs, MLP, head)
-    for (const [, p] of m.namedParameters()) if (p.ndim === 2) gemmWeightBytes += 4 * p.numel;
-    m.dispose();
-    // The plans' arenas go in every case; float32 on oneDNN keeps no copies, bf16 keeps 2 or 4 bytes
-    // per weight, float32 on the own GEMM its packed panels (4 bytes per weight, padded).
-    const arenaOnly = await drop('float32', 'onednn');
-    expect(await drop('bf16', 'auto') - arenaOnly).toBeGreaterThanOrEqual(gemmWeightBytes / 2);
-    expect(await drop('float32', 'own') - arenaOnly).toBeGreaterThanOrEqual(gemmWeightBytes);
-  });
+    });
+  }
 });
