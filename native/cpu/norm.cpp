@@ -1,8 +1,8 @@
 // cpu/norm.cpp: layer normalisation over groups of `group` elements with a per-channel affine
 // (see ops.def), AVX2. A group is `group / C` rows of C channels: one row for LayerNorm over channels,
 // H*W rows for the modified LayerNorm over (H, W, C).
-// Statistics are two-pass (mean, then centred variance), summed per row in float vectors and across
-// rows in double, so long groups (H*W*C = 200k elements) keep full precision.
+// Statistics are two-pass (mean, then centred variance), summed per row in float vectors; a group of
+// many rows (H*W*C = 200k elements) sums across rows in double, so it keeps full precision.
 //   forward:  y = (x - mean) * rstd * w[c] + b[c]
 //   backward: g = dy * w[c];  dx = rstd * (g - mean(g) - xhat * mean(g * xhat));
 //             dw[c] += sum dy * xhat;  db[c] += sum dy
@@ -69,14 +69,15 @@ __attribute__((always_inline)) inline __m256 hsum8x8(const __m256 (&v)[8]) {
   return _mm256_add_ps(lo, hi);
 }
 
-// Statistics of 8 rows of C at once: mean[q] and rstd[q] for rows x + q * C. Each row still sums in 8
-// float lanes, then in double (mean = sum / G, var = sum (x - mean)^2 / G); the lane sums of all 8 rows
-// are reduced together and the divisions and square roots run on vectors, so the 8 rows' dependency
-// chains (sum -> mean -> squared deviations -> rstd) overlap instead of running one after another.
-void rows8_stats(const float* x, int64_t C, double G, double eps, float* mean, float* rstd) {
+// Statistics of 8 rows of C at once (LayerNorm over channels: a group is one row): lane q of mu / rs
+// is the mean / 1 / sqrt(var + eps) of row x + q * C. Two-pass (mean, then centred squares), each row
+// summed in 8 float lanes and the 8 rows' lane sums reduced together, so the rows' dependency chains
+// (sum -> mean -> squared deviations -> rstd) overlap; the divisions and square roots run in float on
+// vectors (a row is at most a few thousand channels).
+__attribute__((always_inline)) inline void rows8_stats(const float* x, int64_t C, float eps, __m256& mu, __m256& rs) {
   const int64_t full = C / 8 * 8;
   const __m256i mk = tail_mask(C - full);
-  const __m256 keep = _mm256_castsi256_ps(mk);
+  const __m256 keep = _mm256_castsi256_ps(mk), inv = _mm256_set1_ps(1.0f / static_cast<float>(C));
   __m256 acc[8];
 #pragma GCC unroll 8
   for (int q = 0; q < 8; ++q) acc[q] = _mm256_setzero_ps();
@@ -88,10 +89,7 @@ void rows8_stats(const float* x, int64_t C, double G, double eps, float* mean, f
 #pragma GCC unroll 8
     for (int q = 0; q < 8; ++q) acc[q] = _mm256_add_ps(acc[q], _mm256_maskload_ps(x + q * C + full, mk));
   }
-  const __m256 sums = hsum8x8(acc);
-  const __m256d vg = _mm256_set1_pd(G);
-  const __m256 mu = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sums, 1)), vg)),
-                                    _mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sums)), vg)));
+  mu = _mm256_mul_ps(hsum8x8(acc), inv);
   alignas(32) float m8[8];
   _mm256_store_ps(m8, mu);
   __m256 mq[8];
@@ -114,13 +112,8 @@ void rows8_stats(const float* x, int64_t C, double G, double eps, float* mean, f
       acc[q] = _mm256_fmadd_ps(d, d, acc[q]);
     }
   }
-  const __m256 sq = hsum8x8(acc);
-  const __m256d ve = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0);
-  auto rs4 = [&](__m128 v) { return _mm256_cvtpd_ps(_mm256_div_pd(one, _mm256_sqrt_pd(_mm256_add_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vg), ve)))); };
-  _mm_storeu_ps(mean, _mm256_castps256_ps128(mu));
-  _mm_storeu_ps(mean + 4, _mm256_extractf128_ps(mu, 1));
-  _mm_storeu_ps(rstd, rs4(_mm256_castps256_ps128(sq)));
-  _mm_storeu_ps(rstd + 4, rs4(_mm256_extractf128_ps(sq, 1)));
+  const __m256 var = _mm256_add_ps(_mm256_mul_ps(hsum8x8(acc), inv), _mm256_set1_ps(eps));
+  rs = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(var));
 }
 
 // The backward's first pass over R consecutive rows of C (row q with its own mean[q] / rstd[q]):
@@ -248,19 +241,28 @@ void layernorm_fwd(const OpArgs& a) {
     double eps = a.attr[0];
     // A large output (kStreamBytes) goes to memory in whole 64-byte lines without being read first.
     const bool stream = g.R * g.C * 4 >= kStreamBytes && g.C % 16 == 0 && reinterpret_cast<uintptr_t>(Y) % 64 == 0;
-    // Rows in blocks of 8 whose statistics are formed together (rows8_stats); the rest one at a time.
+    // Rows in blocks of 8 whose statistics are formed together (rows8_stats), the next block's
+    // before this one is normalised (its loads and reductions overlap the normalisation's stores);
+    // the rest one at a time, with the same float arithmetic.
+    const float feps = static_cast<float>(eps);
     parallel_for(g.R, 64, [&](int64_t r0, int64_t r1) {
       int64_t r = r0;
-      for (; r + 8 <= r1; r += 8) {
-        rows8_stats(X + r * g.C, g.C, static_cast<double>(g.G), eps, mean + r, rstd + r);
-        for (int64_t q = 0; q < 8; ++q)
-          row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mean[r + q], rstd[r + q], W, B, stream);
+      if (r + 8 <= r1) {
+        __m256 mu, rs;
+        rows8_stats(X + r * g.C, g.C, feps, mu, rs);
+        for (; r + 8 <= r1; r += 8) {
+          _mm256_storeu_ps(mean + r, mu);
+          _mm256_storeu_ps(rstd + r, rs);
+          if (r + 16 <= r1) rows8_stats(X + (r + 8) * g.C, g.C, feps, mu, rs);
+          for (int64_t q = 0; q < 8; ++q)
+            row_normalize(X + (r + q) * g.C, Y + (r + q) * g.C, g.C, mean[r + q], rstd[r + q], W, B, stream);
+        }
       }
+      const float inv = 1.0f / static_cast<float>(g.C);
       for (; r < r1; ++r) {
-        const float mu = static_cast<float>(static_cast<double>(row_sum(X + r * g.C, g.C)) / static_cast<double>(g.G));
-        const double v = row_sqdev(X + r * g.C, g.C, mu);
+        const float mu = row_sum(X + r * g.C, g.C) * inv;
         mean[r] = mu;
-        rstd[r] = static_cast<float>(1.0 / std::sqrt(v / static_cast<double>(g.G) + eps));
+        rstd[r] = 1.0f / std::sqrt(row_sqdev(X + r * g.C, g.C, mu) * inv + feps);
         row_normalize(X + r * g.C, Y + r * g.C, g.C, mu, rstd[r], W, B, stream);
       }
       if (stream) _mm_sfence();  // the streamed rows are visible before the region ends
