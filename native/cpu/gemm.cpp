@@ -258,7 +258,8 @@ const float* weight_copy(Storage* w, const std::array<int64_t, 7>& key, size_t f
     w->derived = std::make_unique<WeightCopies>();
     cache = static_cast<WeightCopies*>(w->derived.get());
   }
-  auto c = std::find_if(cache->copies.begin(), cache->copies.end(), [&](const WeightCopies::Copy& x) { return x.key == key; });
+  auto c = std::find_if(cache->copies.begin(), cache->copies.end(),
+                         [&](const WeightCopies::Copy& x) { return x.key == key; });
   const uint64_t version = w->version.load(std::memory_order_acquire);
   if (c == cache->copies.end()) {
     cache->copies.push_back({key, std::make_unique<Scratch>(floats)});

@@ -132,7 +132,8 @@ __attribute__((always_inline)) inline void tile(int64_t kc, const float* A, int6
 
 // Rows [m0, m1) of one panel: 6-row tiles, then the remainder.
 // PF: pf_step bytes from pf on are prefetched into L2 before each 6-row tile (the next row block of a
-// streamed A, or the next panel of a packed weight). A separate instantiation: the prefetch loop next to the tile changed the tile's code (8% slower).
+// streamed A, or the next panel of a packed weight). A separate instantiation: the prefetch loop next
+// to the tile changed the tile's code (8% slower).
 template <bool PF>
 void panel_rows(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
                 int64_t ldc, int nc, const Epilogue& e, const char* pf, int64_t pf_step) {
@@ -245,16 +246,14 @@ void pack_panels(const GemmShape& s, const float* B, float* Bp, int64_t kb, int6
   for (int64_t p = p0; p < p1; ++p) pack_panel(B, s.b_k, s.b_n, k0, kc, p * 16, s.N, Bp + kb * KC * np * 16 + p * kc * 16);
 }
 
-void pack_all(const GemmShape& s, const float* B, float* Bp) {
-  const int64_t np = (s.N + 15) / 16, nkb = (s.K + KC - 1) / KC;
-  parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) pack_panels(s, B, Bp, t / np, t % np, t % np + 1);
-  });
-}
-
 }  // namespace
 
-void own_gemm_pack(const GemmShape& s, const float* B, float* out) { pack_all(s, B, out); }
+void own_gemm_pack(const GemmShape& s, const float* B, float* out) {
+  const int64_t np = (s.N + 15) / 16, nkb = (s.K + KC - 1) / KC;
+  parallel_for(nkb * np, 4, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) pack_panels(s, B, out, t / np, t % np, t % np + 1);
+  });
+}
 
 void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias, const float* prepacked) {
   const int64_t M = s.M, N = s.N, K = s.K;
@@ -291,7 +290,8 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
           const int64_t next_kc = last ? std::min(KC, K - k0 - KC) : kc;  // <= 0: no next K block
           const float* next = last ? Bp + (kb + 1) * block + p0 * next_kc * 16 : panel + kc * 16;
           const int64_t pstep = (next_kc * 64 / ((r1 - r0) / 6) + 63) / 64 * 64;
-          if (next_kc > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, reinterpret_cast<const char*>(next), pstep);
+          const char* pf_next = reinterpret_cast<const char*>(next);
+          if (next_kc > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, pf_next, pstep);
           else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
         } else {
           panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
@@ -301,7 +301,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   };
   if (split_rows(s)) {
     // Tall: B packed once by all threads, then each thread takes a contiguous range of row blocks.
-    if (!prepacked) pack_all(s, B, packed.get());
+    if (!prepacked) own_gemm_pack(s, B, packed.get());
     parallel_for((M + MC - 1) / MC, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t mb = b0; mb < b1; ++mb)  // a block's C stays in cache over the K blocks
         for (int64_t kb = 0; kb < nkb; ++kb) compute(kb, mb * MC, std::min(M, mb * MC + MC), 0, np, MC);
