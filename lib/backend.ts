@@ -47,7 +47,10 @@ const GEMM_POLICIES: readonly GemmPolicy[] = ['auto', 'own', 'onednn'];
  * Chooses the float32 matrix-multiply kernel of the cpu backend, process-wide: 'auto' (the default:
  * the backend's own GEMM for the products where it measured faster, on CPUs without AVX-512, else
  * oneDNN), 'own' (the own GEMM for every product it can compute) or 'onednn'. Results agree to
- * float32 rounding; meant for benchmarking the kernels against each other. Returns the previous policy.
+ * float32 rounding; meant for benchmarking the kernels against each other. Where the own GEMM runs a
+ * compiled plan, the plan's weights are kept packed for it (about the weights' size in extra memory,
+ * freed by `model.clearPlans()`); 'onednn' runs plans without those copies, more slowly on CPUs
+ * without AVX-512. Returns the previous policy.
  */
 export function setGemmPolicy(policy: GemmPolicy): GemmPolicy {
   if (!GEMM_POLICIES.includes(policy)) throw new TypeError(expectation("'auto', 'own' or 'onednn'", 'GEMM policy', policy));
