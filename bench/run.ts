@@ -9,13 +9,14 @@
  *   --no-torch        skip PyTorch;  --no-ort  skip onnxruntime-node
  *   --out FILE        results file (default bench/RESULTS.md; --no-write to only print)
  *   --threads N       native thread pool size (default: all cores)
+ *   --gemm-policy P   the float32 GEMM kernel: auto (default), own or onednn (setGemmPolicy)
  * Results are printed and written into their section of RESULTS.md (and bench/results.svg).
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { setNumThreads } from '../lib/backend.js';
+import { setGemmPolicy, setNumThreads, type GemmPolicy } from '../lib/backend.js';
 import { createModel } from '../lib/models/index.js';
 import { bf16Native, checkPrecision } from '../lib/plan.js';
 import { Tensor } from '../lib/tensor.js';
@@ -36,13 +37,14 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
       models: { type: 'string' }, batches: { type: 'string', default: '1,32' }, precisions: { type: 'string', default: 'float32,bf16' },
       'no-torch': { type: 'boolean', default: false }, 'no-ort': { type: 'boolean', default: false },
       out: { type: 'string' }, 'no-write': { type: 'boolean', default: false }, threads: { type: 'string' },
-      model: { type: 'string', default: 'caformer_s18' }, batch: { type: 'string', default: '1' },
+      'gemm-policy': { type: 'string', default: 'auto' }, model: { type: 'string', default: 'caformer_s18' }, batch: { type: 'string', default: '1' },
       precision: { type: 'string', default: 'float32' },
     },
   });
   const suites = positionals.length ? positionals : ['kernels'];
   const rounds = Number(values.rounds), iters = Number(values.iters);
   if (values.threads) setNumThreads(Number(values.threads));
+  setGemmPolicy(values['gemm-policy'] as GemmPolicy);
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), fileURLToPath(import.meta.url).includes(`${path.sep}dist${path.sep}`) ? '../..' : '..');
   const out = values.out ?? path.join(root, 'bench', 'RESULTS.md');
   const write = !values['no-write'];
