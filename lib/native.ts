@@ -67,7 +67,7 @@ export interface NativePlan {
   profile(inputs: NativeTensorHandle[], outputs: NativeTensorHandle[]): Float64Array;
   dispose(): void;
   readonly arenaBytes: number;
-  /** Whether the plan runs as a recorded device graph (METAFORMER_CUDA_GRAPHS=1; its second run records it). */
+  /** Whether the plan runs as a recorded device graph (on a GPU unless METAFORMER_CUDA_GRAPHS=0; its second run records it). */
   readonly graphed: boolean;
 }
 

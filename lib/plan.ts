@@ -49,8 +49,8 @@ export interface CompiledPlan {
   readonly outputShapes: readonly (readonly number[])[];
   readonly arenaBytes: number;
   /**
-   * Whether the plan runs as one recorded CUDA graph: on a GPU with METAFORMER_CUDA_GRAPHS=1 set when the
-   * process starts, the first run goes step by step (a warm-up), the second records the steps and later
+   * Whether the plan runs as one recorded CUDA graph: on a GPU (unless METAFORMER_CUDA_GRAPHS=0 is set when
+   * the process starts) the first run goes step by step (a warm-up), the second records the steps and later
    * runs replay them (inputs and outputs pass through fixed device buffers); false before the second
    * run, on the CPU, or when recording failed.
    */

@@ -7,7 +7,7 @@
  *        [--precisions float32,bf16] [--seconds 2]
  *
  * Appends one JSON object per figure to OUT.jsonl: { bench: 'node-model', name, precision, batch, ms, img_per_s }
- * ('node-model-graphs' when METAFORMER_CUDA_GRAPHS=1: plans recorded once as CUDA graphs and replayed).
+ * ('node-model-graphs' unless METAFORMER_CUDA_GRAPHS=0: plans recorded once as CUDA graphs and replayed).
  */
 import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   if (!cudaAvailable()) throw new Error(`node_models: no usable CUDA device (${cudaInfo().reason})`);
   const budget = Number(values.seconds) * 1000;
   const precisions = values.precisions!.split(',').map((p) => checkPrecision(p, '--precisions'));
-  const graphs = process.env.METAFORMER_CUDA_GRAPHS === '1';
+  const graphs = process.env.METAFORMER_CUDA_GRAPHS !== '0';
   for (const name of values.models!.split(',')) {
     const model = createModel(name, { device: 'cuda' });
     try {

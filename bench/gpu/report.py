@@ -117,7 +117,8 @@ def main():
                   "and activations). PyTorch: timm, channels_last, TF32 off; bf16 = weights and input in bfloat16. "
                   "Ratio = ours / PyTorch eager in the same precision (above 1: ours faster). Last columns: predict() of "
                   "a { device: 'cuda' } model from Node (its plan on the device, input there, timed to completion), "
-                  "step by step and with METAFORMER_CUDA_GRAPHS=1 (the plan recorded once as a CUDA graph).", "",
+                  "step by step (METAFORMER_CUDA_GRAPHS=0) and with graphs (the default: the plan recorded once as a CUDA "
+                  "graph and replayed).", "",
                   "| model | B | ours fp32 | PyTorch eager fp32 | ratio | ours bf16 | PyTorch eager bf16 | ratio | "
                   "PyTorch compile bf16 | ours from Node fp32 / bf16 | with graphs fp32 / bf16 |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]

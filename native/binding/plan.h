@@ -44,7 +44,7 @@ struct PlanData {
   size_t n_inputs = 0;
   size_t arena_bytes = 0;
   Storage* arena = nullptr;
-  // Device graphs (a device whose hooks capture them, switched on; METAFORMER_CUDA_GRAPHS=1 for CUDA):
+  // Device graphs (a device whose hooks capture them, switched on; for CUDA unless METAFORMER_CUDA_GRAPHS=0):
   // the steps recorded on the second run (the first warms up step by step) and replayed as one launch
   // by the next ones. A graph keeps the
   // addresses it was recorded with, so the bound inputs and outputs go through fixed device buffers

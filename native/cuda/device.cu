@@ -7,7 +7,7 @@
 // on one stream, so a block freed by one op and handed to the next is ordered by the stream. On
 // out-of-memory the cache is returned to the driver and the allocation retried once.
 //
-// Graphs (METAFORMER_CUDA_GRAPHS=1; the plan runner in binding/plan.cpp uses them): capture() records
+// Graphs (on unless METAFORMER_CUDA_GRAPHS=0; the plan runner in binding/plan.cpp uses them): capture() records
 // a plan's steps on a private stream (stream() returns it on the capturing thread only, so copies other
 // threads queue meanwhile stay out of the graph) in relaxed mode, and every device block allocated on
 // that thread meanwhile comes from a pool the graph owns: a replay writes its scratch exactly where the
@@ -47,7 +47,7 @@ struct DeviceState {
   cudaStream_t stream = nullptr;
   cudaDeviceProp props{};
   bool sync_each_launch = false;
-  bool graphs = false;                  // METAFORMER_CUDA_GRAPHS=1 (and not METAFORMER_CUDA_SYNC)
+  bool graphs = false;                  // unless METAFORMER_CUDA_GRAPHS=0 or METAFORMER_CUDA_SYNC=1
   cudaStream_t capture_stream = nullptr;  // created on the first capture (captures are serialised)
 };
 
@@ -100,7 +100,7 @@ void init_once() {
     const char* sync = std::getenv("METAFORMER_CUDA_SYNC");
     s.sync_each_launch = sync && sync[0] == '1';
     const char* graphs = std::getenv("METAFORMER_CUDA_GRAPHS");
-    s.graphs = graphs && graphs[0] == '1' && !s.sync_each_launch;
+    s.graphs = !(graphs && graphs[0] == '0') && !s.sync_each_launch;
     s.ok = true;
   });
 }

@@ -26,7 +26,7 @@ std::string device_name();
 // Waits for all queued work; reports asynchronous kernel errors as mf::Error.
 void synchronize();
 
-// Graphs (METAFORMER_CUDA_GRAPHS=1; see device.cu): capture_graph runs fn and returns the recorded work
+// Graphs (on unless METAFORMER_CUDA_GRAPHS=0; see device.cu): capture_graph runs fn and returns the recorded work
 // as a graph (the work does not run); replay_graph queues it on the stream; release_graph waits and frees
 // it and the device memory it owns. copy_async queues a copy within the device on the stream.
 bool graphs_enabled();
