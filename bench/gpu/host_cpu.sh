@@ -4,7 +4,8 @@
 # alone. Never touches the GPU.
 #   host_cpu.sh NODE PYTHON OUTFILE [CORES] [THREADS]
 # 1. the CPU and its bf16 flags, and whether oneDNN runs bf16 natively there (bf16Native());
-# 2. test/core/precision.test.ts (the bf16 tests; on such a CPU they exercise oneDNN's bf16 kernels);
+# 2. test/core/precision.test.ts (the bf16 tests; on such a CPU they exercise oneDNN's bf16 kernels), and the
+#    GEMM policy and cpu-vs-reference op tests (the own GEMM's AVX-512 tiles where the CPU has them);
 # 3. caformer_s18 at 224, batch 1 and 16, ours fp32 and bf16 (bench models suite, THREADS threads) and
 #    onnxruntime's CPU EP (Python package, fp32, THREADS intra-op threads) on ONNX files our exporter
 #    writes: the ratios of issue 5's targets on a bf16-capable CPU.
@@ -20,17 +21,23 @@ pin() { if command -v taskset >/dev/null; then taskset -c "$CORES" "$@"; else "$
   echo "flags: $(grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   pin "$NODE" -e "import('./dist/lib/plan.js').then((m) => console.log('bf16Native:', m.bf16Native()))" 2>&1
 } > "$OUTF"
-pin "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/precision.test.ts > "$TMP/vitest.log" 2>&1
+pin "$NODE" node_modules/vitest/vitest.mjs run --project host test/core/precision.test.ts test/core/gemm_policy.test.ts \
+  test/ops/cpu_vs_ref.test.ts > "$TMP/vitest.log" 2>&1
 rc=$?
-grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision tests: /' >> "$OUTF"
+grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision and GEMM tests: /' >> "$OUTF"
 [ $rc = 0 ] || grep -E -A3 '(×|FAIL|Error)' "$TMP/vitest.log" | head -60 >> "$OUTF"
 pin "$NODE" dist/bench/run.js models --models caformer_s18 --batches 1,16 --precisions float32,bf16 --no-torch --no-ort \
   --rounds 2 --iters 3 --threads "$THREADS" --no-write 2>&1 | grep -E '^(caformer|machine)' >> "$OUTF"
-# float32 with every product on the own (AVX2) GEMM, where 'auto' leaves them to oneDNN on AVX-512 CPUs;
-# and where batch 1's time goes.
-pin "$NODE" dist/bench/run.js models --models caformer_s18 --batches 1,16 --precisions float32 --no-torch --no-ort \
-  --rounds 2 --iters 3 --threads "$THREADS" --no-write --gemm-policy own 2>&1 | grep -E '^caformer' | sed 's/^/gemm own: /' >> "$OUTF"
-pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch 1 --threads "$THREADS" --no-write 2>&1 | grep -v '^machine' | head -24 >> "$OUTF"
+# float32 with the own GEMM (AVX-512 tiles on CPUs that have them) for every product it can compute,
+# against 'auto' (oneDNN on AVX-512 CPUs), alternating; and where batch 1's time goes under each.
+for pol in auto own auto own; do
+  pin "$NODE" dist/bench/run.js models --models caformer_s18,convformer_s18 --batches 1,16 --precisions float32 --no-torch --no-ort \
+    --rounds 1 --iters 3 --threads "$THREADS" --no-write --gemm-policy $pol 2>&1 | grep -E '^(caformer|convformer)' | sed "s/^/gemm $pol: /" >> "$OUTF"
+done
+for pol in auto own; do
+  echo "gemm $pol:" >> "$OUTF"
+  pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch 1 --threads "$THREADS" --no-write --gemm-policy $pol 2>&1 | grep -v '^machine' | head -16 >> "$OUTF"
+done
 for b in 1 16; do
   pin "$NODE" bin/metaformer.js export-onnx "$TMP/caformer_s18_b$b.onnx" --model caformer_s18 --no-pretrained --batch "$b" \
     > /dev/null 2>> "$OUTF"

@@ -157,6 +157,111 @@ void panel_rows(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda,
   }
 }
 
+// ---- AVX-512 (CPUs that have it): the same packed panels, two at a time -----------------------------
+// A 12 x 32 tile (two adjacent 16-column panels, 24 zmm accumulators), or 12 x 16 for a last odd panel;
+// the same epilogue. Compiled for AVX-512F through function attributes; chosen at run time.
+#define MF_AVX512 __attribute__((target("avx512f")))
+// GCC 12 warns about the undefined pass-through operand inside _mm512_max_ps (a false positive).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+MF_AVX512 inline __m512 activate512(__m512 v, const Epilogue& e) {
+  v = _mm512_max_ps(_mm512_setzero_ps(), v);  // relu, as activate()
+  v = _mm512_mul_ps(v, v);
+  if (e.act == 1) v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(e.act_s)), _mm512_set1_ps(e.act_b));
+  return v;
+}
+
+// R rows x P panels (P = 1 or 2; panel 1 follows panel 0 in Bp, kc * 16 floats on); nc[j] valid
+// columns of panel j (1..16).
+template <int R, int P>
+MF_AVX512 __attribute__((always_inline)) inline void tile512(int64_t kc, const float* A, int64_t lda, const float* Bp,
+                                                             float* C, int64_t ldc, const int (&nc)[2], const Epilogue& e) {
+  __m512 c[P][R];
+  const float* a[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    a[r] = A + r * lda;
+#pragma GCC unroll 2
+    for (int j = 0; j < P; ++j) c[j][r] = _mm512_setzero_ps();
+  }
+  const float* B1 = Bp + kc * 16;
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(Bp + k * 16);
+    const __m512 b1 = P == 2 ? _mm512_loadu_ps(B1 + k * 16) : b0;
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r][k]);
+      c[0][r] = _mm512_fmadd_ps(av, b0, c[0][r]);
+      if constexpr (P == 2) c[1][r] = _mm512_fmadd_ps(av, b1, c[1][r]);
+    }
+  }
+  __mmask16 mk[P];
+  bool full = true;
+#pragma GCC unroll 2
+  for (int j = 0; j < P; ++j) {
+    mk[j] = nc[j] >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nc[j]) - 1);
+    full = full && nc[j] >= 16;
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < P; ++j) {
+    if (e.load_c) {
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) c[j][r] = _mm512_add_ps(c[j][r], _mm512_maskz_loadu_ps(mk[j], C + r * ldc + 16 * j));
+    }
+    if (e.finish) {
+      if (e.bias) {
+        const __m512 bv = _mm512_maskz_loadu_ps(mk[j], e.bias + 16 * j);
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) c[j][r] = _mm512_add_ps(c[j][r], bv);
+      }
+      if (e.act != 0) {
+#pragma GCC unroll 12
+        for (int r = 0; r < R; ++r) c[j][r] = activate512(c[j][r], e);
+      }
+    }
+    if (full && e.stream) {  // (e.stream: C and ldc 64-byte aligned)
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) _mm512_stream_ps(C + r * ldc + 16 * j, c[j][r]);
+    } else {
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(C + r * ldc + 16 * j, mk[j], c[j][r]);
+    }
+  }
+}
+
+// Rows [m0, m1) of P panels: 12-row tiles, then the remainder; pf_step > 0: pf_step bytes from pf on
+// are prefetched into L2 before each 12-row tile (as panel_rows).
+template <int P>
+MF_AVX512 void panel_rows512(int64_t m0, int64_t m1, int64_t kc, const float* A, int64_t lda, const float* Bp, float* C,
+                             int64_t ldc, const int (&nc)[2], const Epilogue& e, const char* pf, int64_t pf_step) {
+  int64_t m = m0;
+  for (; m + 12 <= m1; m += 12) {
+    for (int64_t i = 0; i < pf_step; i += 64) _mm_prefetch(pf + i, _MM_HINT_T1);
+    pf += pf_step;
+    tile512<12, P>(kc, A + m * lda, lda, Bp, C + m * ldc, ldc, nc, e);
+  }
+  const float* a = A + m * lda;
+  float* c = C + m * ldc;
+  switch (m1 - m) {
+    case 11: tile512<11, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 10: tile512<10, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 9: tile512<9, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 8: tile512<8, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 7: tile512<7, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 6: tile512<6, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 5: tile512<5, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 4: tile512<4, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 3: tile512<3, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 2: tile512<2, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    case 1: tile512<1, P>(kc, a, lda, Bp, c, ldc, nc, e); break;
+    default: break;
+  }
+}
+#pragma GCC diagnostic pop
+#undef MF_AVX512
+
 // Transposes an 8x8 block: rows r[i] (8 consecutive k of column n0 + i) into out[k * 16 + i].
 inline void transpose8(const __m256 (&r)[8], float* out) {
   __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -261,7 +366,12 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   const int64_t block = KC * np * 16;  // floats per packed K block
   Scratch packed(prepacked ? 0 : own_gemm_packed_floats(s));
   const float* Bp = prepacked ? prepacked : packed.get();
-  const bool aligned = (reinterpret_cast<uintptr_t>(C) % 32 == 0) && (s.c_m % 8 == 0);
+  // AVX-512: 12-row tiles over two panels (zmm stores streamed only to 64-byte aligned rows); AVX2:
+  // 6-row tiles over one.
+  static const bool use512 = __builtin_cpu_supports("avx512f");
+  const int64_t tr = use512 ? 12 : 6, pw = use512 ? 2 : 1;
+  const int64_t align = use512 ? 64 : 32;
+  const bool aligned = (reinterpret_cast<uintptr_t>(C) % align == 0) && (s.c_m % (align / 4) == 0);
   const bool stream = nkb == 1 && !s.accumulate && aligned && M * N * 4 >= kStreamBytes;
   // While a row block runs, the next one is prefetched into L2, spread over its tiles and panels.
   const bool prefetch_a = streams_a(s);
@@ -271,31 +381,40 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
     int64_t k0 = kb * KC, kc = std::min(KC, K - k0);
     for (int64_t r0 = m0; r0 < m1; r0 += mc) {
       int64_t r1 = std::min(m1, r0 + mc);
-      // The next block's bytes, spread over the (panels x 6-row tiles) of this one.
+      const int64_t row_tiles = (r1 - r0) / tr;
+      // The next block's bytes, spread over the (panel groups x row tiles) of this one.
       const int64_t next_bytes = prefetch_a ? std::min(mc, M - r1) * K * 4 : 0;
-      const int64_t tiles = (p1 - p0) * ((r1 - r0) / 6);
+      const int64_t tiles = (p1 - p0 + pw - 1) / pw * row_tiles;
       const int64_t step = tiles > 0 && next_bytes > 0 ? (next_bytes / tiles + 63) / 64 * 64 : 0;
       const char* pf = reinterpret_cast<const char*>(A + r1 * s.a_m);
-      for (int64_t p = p0; p < p1; ++p) {
-        int nc = static_cast<int>(std::min<int64_t>(16, N - p * 16));
+      for (int64_t p = p0; p < p1; p += pw) {
+        const int64_t panels = std::min(pw, p1 - p);  // in this tile: 1, or 2 with AVX-512
+        const int nc[2] = {static_cast<int>(std::min<int64_t>(16, N - p * 16)),
+                           panels == 2 ? static_cast<int>(std::min<int64_t>(16, N - p * 16 - 16)) : 0};
         Epilogue e{s.bias ? bias + p * 16 : nullptr, s.act, s.act_s, s.act_b, kb > 0 || s.accumulate, kb == nkb - 1, stream};
         const float* panel = Bp + kb * block + p * kc * 16;
+        const char* pf_at = nullptr;  // what this tile column prefetches, pf_step bytes per row tile
+        int64_t pf_step = 0;
         if (step > 0) {
-          panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, pf, step);
-          pf += step * ((r1 - r0) / 6);
-        } else if (pf_panels && r0 == m0 && (r1 - r0) / 6 > 0) {
-          // A packed weight comes from memory once per call: the next panel (or the next K block's
-          // first) is fetched into L2 while this one's tiles run.
-          const bool last = p + 1 == p1;
+          pf_at = pf;
+          pf_step = step;
+          pf += step * row_tiles;
+        } else if (pf_panels && r0 == m0 && row_tiles > 0) {
+          // A packed weight comes from memory once per call: the next panels (or the next K block's
+          // first) are fetched into L2 while these ones' tiles run.
+          const bool last = p + panels == p1;
           const int64_t next_kc = last ? std::min(KC, K - k0 - KC) : kc;  // <= 0: no next K block
-          const float* next = last ? Bp + (kb + 1) * block + p0 * next_kc * 16 : panel + kc * 16;
-          const int64_t pstep = (next_kc * 64 / ((r1 - r0) / 6) + 63) / 64 * 64;
-          const char* pf_next = reinterpret_cast<const char*>(next);
-          if (next_kc > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, pf_next, pstep);
-          else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
-        } else {
-          panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, C + p * 16, s.c_m, nc, e, nullptr, 0);
+          const float* next = last ? Bp + (kb + 1) * block + p0 * next_kc * 16 : panel + panels * kc * 16;
+          if (next_kc > 0) {
+            pf_at = reinterpret_cast<const char*>(next);
+            pf_step = (next_kc * 64 * pw / row_tiles + 63) / 64 * 64;
+          }
         }
+        float* c = C + p * 16;
+        if (use512 && panels == 2) panel_rows512<2>(r0, r1, kc, A + k0, s.a_m, panel, c, s.c_m, nc, e, pf_at, pf_step);
+        else if (use512) panel_rows512<1>(r0, r1, kc, A + k0, s.a_m, panel, c, s.c_m, nc, e, pf_at, pf_step);
+        else if (pf_step > 0) panel_rows<true>(r0, r1, kc, A + k0, s.a_m, panel, c, s.c_m, nc[0], e, pf_at, pf_step);
+        else panel_rows<false>(r0, r1, kc, A + k0, s.a_m, panel, c, s.c_m, nc[0], e, nullptr, 0);
       }
     }
   };
