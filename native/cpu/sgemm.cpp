@@ -2,7 +2,9 @@
 // every MetaFormer stage at 224, batched or not), C[M,N] = A[M,K] B[K,N] (+ bias, activation) or
 // C += A B (+ bias).
 //
-// Used where oneDNN's own kernels are AVX2 too (CPUs without AVX-512).
+// Used where oneDNN's own kernels are AVX2 too (CPUs without AVX-512). On AVX-512 CPUs the kernel has
+// 12 x 32 zmm tiles over the same packed panels (setGemmPolicy('own')); measured there at 0.9-1.1x
+// oneDNN in the models (bench/RESULTS.md log 31), so 'auto' keeps oneDNN on those CPUs.
 //
 // Why, next to oneDNN: oneDNN 2.6's AVX2 matmul applies its post-ops (bias, StarReLU) in a second
 // pass over C and writes C through the cache; here the epilogue runs on the accumulator registers and,
@@ -324,7 +326,7 @@ bool own_gemm_applies(const GemmShape& s, bool packed_b) {
   if (s.batch[0] * s.batch[1] != 1 || s.K < 1 || s.a_k != 1 || s.c_n != 1 || s.alpha != 1.0f || (s.accumulate && s.act != 0))
     return false;
   if (policy == GemmPolicy::own) return true;
-  // On CPUs with AVX-512, oneDNN's kernels use twice our vector width: they stay.
+  // On CPUs with AVX-512, oneDNN stays (the AVX-512 tiles measured at par with it, log 31).
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   if (avx512) return false;
   if (packed_b) {

@@ -36,8 +36,10 @@ describe('setGemmPolicy', () => {
       return out;
     };
     const own = run('own'), onednn = run('onednn');
+    // (Not asserted: that the bits differ. The AVX-512 tiles sum each product in k order from zero, as
+    // oneDNN's AVX-512 kernel does, and measured bit-identical there; the plan test below and
+    // test/core/precision.test.ts show the own kernel running through the weight copies it keeps.)
     expect(relL2(own, onednn)).toBeLessThan(1e-6);
-    expect(relL2(own, onednn)).toBeGreaterThan(0);  // two kernels really ran (different summation order)
     for (const t of [x, w, b]) t.dispose();
   });
 
