@@ -80,9 +80,5 @@ void expect_finite(const char* op, const char* name, double v) {
   if (!std::isfinite(v)) fail(ErrorKind::range, op, "a finite number", name, std::to_string(v));
 }
 
-void expect_true(bool cond, ErrorKind kind, const char* op, const std::string& what, const char* name,
-                 const std::string& got) {
-  if (!cond) fail(kind, op, what, name, got);
-}
 
 }  // namespace mf

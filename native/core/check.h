@@ -3,6 +3,7 @@
 #pragma once
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "tensor.h"
 
@@ -34,7 +35,20 @@ void expect_same_shape(const char* op, const char* name, const TensorView& t, co
 void expect_numel(const char* op, const char* name, const TensorView& t, int64_t n);
 void expect_same_dtype(const char* op, const char* name, const TensorView& t, const TensorView& like);
 void expect_finite(const char* op, const char* name, double v);
-void expect_true(bool cond, ErrorKind kind, const char* op, const std::string& what, const char* name,
-                 const std::string& got);
+
+namespace detail {
+template <class S>
+std::string message_part(const S& s) {
+  if constexpr (std::is_invocable_v<const S&>) return s();
+  else return std::string(s);
+}
+}  // namespace detail
+
+// Fails unless cond. `what` and `got` are strings or callables returning one: callers pass a lambda
+// for a part that takes formatting, so a check that passes (every op call) formats nothing.
+template <class What, class Got>
+void expect_true(bool cond, ErrorKind kind, const char* op, const What& what, const char* name, const Got& got) {
+  if (!cond) fail(kind, op, detail::message_part(what), name, detail::message_part(got));
+}
 
 }  // namespace mf

@@ -177,8 +177,8 @@ void check_linear(Checker& c, Dir dir) {
   c.flt("w", w);
   expect_rank(c.op, "w", w, 2);
   int64_t n = w.shape[0], k = w.shape[1];
-  expect_true(x.dim(-1) == k, ErrorKind::range, c.op, "last dimension " + std::to_string(k) + " (w is " + w.shape_str() + ")",
-              "x", x.shape_str());
+  expect_true(x.dim(-1) == k, ErrorKind::range, c.op, [&] { return "last dimension " + std::to_string(k) + " (w is " + w.shape_str() + ")"; },
+              "x", [&] { return x.shape_str(); });
   int64_t ydims[kMaxDims];  // [..., N]
   for (int i = 0; i < x.ndim; ++i) ydims[i] = x.shape[i];
   ydims[x.ndim - 1] = n;
@@ -201,7 +201,7 @@ void check_conv2d(Checker& c, Dir dir) {
   int64_t stride = c.int_attr(0, "stride", 1);
   int64_t pad = c.int_attr(1, "padding", 0);
   int64_t nchw = c.int_attr(2, "in_nchw", 0);
-  expect_true(nchw <= 1, ErrorKind::range, c.op, "0 or 1", "in_nchw", std::to_string(nchw));
+  expect_true(nchw <= 1, ErrorKind::range, c.op, "0 or 1", "in_nchw", [&] { return std::to_string(nchw); });
   c.set_float("x", x);
   expect_rank(c.op, "x", x, 4);
   c.flt("w", w);
@@ -209,11 +209,11 @@ void check_conv2d(Checker& c, Dir dir) {
   int64_t b = x.shape[0], h = nchw ? x.shape[2] : x.shape[1], wd = nchw ? x.shape[3] : x.shape[2];
   int64_t ci = nchw ? x.shape[1] : x.shape[3];
   int64_t co = w.shape[0], kh = w.shape[2], kw = w.shape[3];
-  expect_true(w.shape[1] == ci, ErrorKind::range, c.op, std::to_string(ci) + " input channels (from x)", "w",
-              w.shape_str());
+  expect_true(w.shape[1] == ci, ErrorKind::range, c.op, [&] { return std::to_string(ci) + " input channels (from x)"; }, "w",
+              [&] { return w.shape_str(); });
   int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
   expect_true(h + 2 * pad >= kh && wd + 2 * pad >= kw, ErrorKind::range, c.op,
-              "an input at least as large as the kernel after padding", "x", x.shape_str());
+              "an input at least as large as the kernel after padding", "x", [&] { return x.shape_str(); });
   int64_t ydims[4] = {b, ho, wo, co};
   if (dir == Dir::forward) {
     c.opt_vec("b", a.in[2], co);
@@ -237,7 +237,7 @@ void check_dwconv2d(Checker& c, Dir dir) {
   c.flt("w", w);
   expect_rank(c.op, "w", w, 4);
   expect_true(w.shape[0] == ch && w.shape[1] == 1 && (w.shape[2] & 1) && (w.shape[3] & 1), ErrorKind::range,
-              c.op, "shape [" + std::to_string(ch) + ", 1, k, k] with odd k", "w", w.shape_str());
+              c.op, [&] { return "shape [" + std::to_string(ch) + ", 1, k, k] with odd k"; }, "w", [&] { return w.shape_str(); });
   if (dir == Dir::forward) {
     c.opt_vec("b", a.in[2], ch);
     c.like("y", a.out[0], x);
@@ -256,14 +256,14 @@ void check_layernorm(Checker& c, Dir dir) {
   const TensorView& x = a.in[fwd ? 0 : 1];
   const TensorView& w = a.in[fwd ? 1 : 2];
   double eps = c.attr(0, "eps");
-  expect_true(eps >= 0, ErrorKind::range, c.op, "eps >= 0", "eps", std::to_string(eps));
+  expect_true(eps >= 0, ErrorKind::range, c.op, "eps >= 0", "eps", [&] { return std::to_string(eps); });
   int64_t group = c.int_attr(1, "group", 1);
   c.set_float("x", x);
   expect_min_rank(c.op, "x", x, 1);
   int64_t ch = x.dim(-1);
   expect_true(ch == 0 || (x.numel() % group == 0 && group % ch == 0), ErrorKind::range, c.op,
               "a group size that divides the input and is a multiple of its last dimension", "group",
-              std::to_string(group) + " with x " + x.shape_str());
+              [&] { return std::to_string(group) + " with x " + x.shape_str(); });
   int64_t rows = x.numel() / group;
   c.opt_vec("w", w, ch);
   if (fwd) {
@@ -312,8 +312,8 @@ void check_attention(Checker& c, Dir dir) {
   expect_rank(c.op, "qkv", qkv, 3);
   int64_t b = qkv.shape[0], n = qkv.shape[1], c3 = qkv.shape[2];
   expect_true(c3 % (3 * hd) == 0 && c3 > 0, ErrorKind::range, c.op,
-              "a last dimension that is a multiple of 3 * head_dim = " + std::to_string(3 * hd), "qkv",
-              qkv.shape_str());
+              [&] { return "a last dimension that is a multiple of 3 * head_dim = " + std::to_string(3 * hd); }, "qkv",
+              [&] { return qkv.shape_str(); });
   int64_t A = c3 / 3, heads = A / hd;
   int64_t odims[3] = {b, n, A}, ldims[3] = {b, heads, n};
   if (fwd) {
@@ -414,12 +414,12 @@ void check_cross_entropy(Checker& c, Dir dir) {
   c.arity(fwd ? 2 : 3, 1, 1);
   double ls = c.attr(0, "label_smoothing");
   expect_true(ls >= 0 && ls < 1, ErrorKind::range, c.op, "a label smoothing in [0, 1)", "label_smoothing",
-              std::to_string(ls));
+              [&] { return std::to_string(ls); });
   const TensorView& logits = a.in[fwd ? 0 : 1];
   c.set_float("logits", logits);
   expect_rank(c.op, "logits", logits, 2);
   expect_true(logits.shape[0] > 0 && logits.shape[1] > 0, ErrorKind::range, c.op, "a non-empty batch",
-              "logits", logits.shape_str());
+              "logits", [&] { return logits.shape_str(); });
   check_target(c, logits, a.in[fwd ? 1 : 2]);
   if (fwd) {
     c.scalar1("loss", a.out[0]);
@@ -433,13 +433,13 @@ void check_dropout(Checker& c, Dir) {
   const OpArgs& a = c.a;
   c.arity(1, 1, 4);
   double p = c.attr(0, "p");
-  expect_true(p >= 0 && p < 1, ErrorKind::range, c.op, "a probability in [0, 1)", "p", std::to_string(p));
+  expect_true(p >= 0 && p < 1, ErrorKind::range, c.op, "a probability in [0, 1)", "p", [&] { return std::to_string(p); });
   int64_t group = c.int_attr(1, "group", 1);
   c.int_attr(2, "seed", 0);
   c.int_attr(3, "offset", 0);
   c.set_float("x", a.in[0]);
   expect_true(a.in[0].numel() % group == 0, ErrorKind::range, c.op, "a group size that divides the input",
-              "group", std::to_string(group) + " with x " + a.in[0].shape_str());
+              "group", [&] { return std::to_string(group) + " with x " + a.in[0].shape_str(); });
   c.like("y", a.out[0], a.in[0]);
 }
 
@@ -477,13 +477,13 @@ void check_permute(Checker& c) {
   c.arity(1, 1, 0);
   expect_present(c.op, "x", x);
   expect_true(a.n_attr == x.ndim, ErrorKind::range, c.op, "one permutation entry per dimension of x",
-              "perm", std::to_string(a.n_attr) + " entries for x " + x.shape_str());
+              "perm", [&] { return std::to_string(a.n_attr) + " entries for x " + x.shape_str(); });
   int64_t dims[kMaxDims];
   bool seen[kMaxDims] = {};
   for (int i = 0; i < x.ndim; ++i) {
     int64_t p = c.int_attr(i, "perm", 0);
     expect_true(p < x.ndim && !seen[p], ErrorKind::range, c.op, "a permutation of the dimensions", "perm",
-                std::to_string(p) + " at position " + std::to_string(i));
+                [&] { return std::to_string(p) + " at position " + std::to_string(i); });
     seen[p] = true;
     dims[i] = x.shape[p];
   }
@@ -538,7 +538,7 @@ void check_op(OpId op, Dir dir, const OpArgs& args) {
       int64_t act = c.int_attr(0, "act", 0);
       int64_t acc = c.int_attr(1, "accumulate", 0);
       expect_true(act <= 2 && acc <= 1, ErrorKind::range, c.op, "act in {0, 1, 2} and accumulate in {0, 1}", "attrs",
-                  std::to_string(act) + ", " + std::to_string(acc));
+                  [&] { return std::to_string(act) + ", " + std::to_string(acc); });
       OpArgs lin = args;  // x, w, b -> y: the linear checks
       lin.n_in = 3;
       lin.n_attr = 0;
@@ -555,10 +555,10 @@ void check_op(OpId op, Dir dir, const OpArgs& args) {
       c.arity(0, 1, 4);
       c.attr(0, "mean");
       double sd = c.attr(1, "std");
-      expect_true(sd >= 0, ErrorKind::range, c.op, "std >= 0", "std", std::to_string(sd));
+      expect_true(sd >= 0, ErrorKind::range, c.op, "std >= 0", "std", [&] { return std::to_string(sd); });
       c.int_attr(2, "seed", 0);
       double lim = c.attr(3, "limit");
-      expect_true(lim == 0 || lim >= 0.5, ErrorKind::range, c.op, "0 or a limit >= 0.5", "limit", std::to_string(lim));
+      expect_true(lim == 0 || lim >= 0.5, ErrorKind::range, c.op, "0 or a limit >= 0.5", "limit", [&] { return std::to_string(lim); });
       c.set_float("y", args.out[0]);
       return;
     }

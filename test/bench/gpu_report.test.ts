@@ -29,12 +29,19 @@ describe('the GPU check scripts', () => {
   it.runIf(existsSync(dist))("node_models times predict() on 'cuda' (here the emulated device) and refuses without one", () => {
     const out = path.join(tmp, 'node.jsonl');
     const args = [dist, out, '--models', 'identityformer_s12', '--batches', '1', '--precisions', 'float32,bf16', '--seconds', '0.01'];
-    const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, METAFORMER_EMULATE_CUDA: '1' } });
-    expect(r.status, r.stderr).toBe(0);
-    const rows = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { bench: string; name: string; precision: string; ms: number });
-    expect(rows.map((x) => [x.bench, x.name, x.precision])).toEqual([
-      ['node-model', 'identityformer_s12_b1', 'fp32'], ['node-model', 'identityformer_s12_b1', 'bf16']]);
-    expect(rows.every((x) => x.ms > 0)).toBe(true);
+    // plans as graphs (the default) or step by step (METAFORMER_CUDA_GRAPHS=0), labelled accordingly
+    for (const [graphs, bench] of [[undefined, 'node-model-graphs'], ['0', 'node-model']] as const) {
+      const env: NodeJS.ProcessEnv = { ...process.env, METAFORMER_EMULATE_CUDA: '1' };
+      if (graphs === undefined) delete env.METAFORMER_CUDA_GRAPHS;
+      else env.METAFORMER_CUDA_GRAPHS = graphs;
+      const r = spawnSync(process.execPath, args, { encoding: 'utf8', env });
+      expect(r.status, r.stderr).toBe(0);
+      const rows = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { bench: string; name: string; precision: string; ms: number });
+      expect(rows.map((x) => [x.bench, x.name, x.precision])).toEqual([
+        [bench, 'identityformer_s12_b1', 'fp32'], [bench, 'identityformer_s12_b1', 'bf16']]);
+      expect(rows.every((x) => x.ms > 0)).toBe(true);
+      rmSync(out);
+    }
     if (!cudaAvailable()) {  // (on a GPU machine the real device answers instead)
       const env = { ...process.env };
       delete env.METAFORMER_EMULATE_CUDA;
