@@ -78,18 +78,26 @@ export async function benchMain(argv: string[], log: (s: string) => void = conso
     const precision = checkPrecision(values.precision, '--precision');
     const plan = model.plan(x.shape, 'logits', precision);
     plan.profile(x);
-    const byOp = new Map<string, number>();
     const steps = plan.profile(x);
-    let total = 0;
-    for (const s of steps) {
-      byOp.set(s.op, (byOp.get(s.op) ?? 0) + s.seconds);
-      total += s.seconds;
-    }
+    // per op, and per (op, output shape): time, share, and GFLOP/s where the step multiplies
+    const sum = (key: (st: (typeof steps)[number]) => string) => {
+      const m = new Map<string, { n: number; s: number; macs: number }>();
+      for (const st of steps) {
+        const e = m.get(key(st)) ?? { n: 0, s: 0, macs: 0 };
+        e.n += 1;
+        e.s += st.seconds;
+        e.macs += st.macs;
+        m.set(key(st), e);
+      }
+      return [...m].sort((a, c) => c[1].s - a[1].s);
+    };
+    const total = steps.reduce((t, st) => t + st.seconds, 0);
+    const rate = (e: { s: number; macs: number }) => (e.macs > 0 ? `  ${fmt((2 * e.macs) / e.s / 1e9, 1).padStart(6)} GFLOP/s` : '');
     log(`profile ${values.model} batch ${b} ${precision}: ${fmt(total * 1e3, 1)} ms in ${steps.length} steps`);
-    for (const [op, t] of [...byOp].sort((a, c) => c[1] - a[1])) log(`  ${op.padEnd(14)} ${fmt(t * 1e3, 2).padStart(9)} ms  ${fmt((100 * t) / total, 1).padStart(5)}%`);
-    const slow = [...steps.entries()].sort((a, c) => c[1].seconds - a[1].seconds).slice(0, 10);
-    log('  slowest steps:');
-    for (const [i, s] of slow) log(`  #${String(i).padEnd(4)} ${s.op.padEnd(14)} [${s.shape.join(',')}] ${fmt(s.seconds * 1e3, 3)} ms`);
+    for (const [op, e] of sum((st) => st.op)) log(`  ${op.padEnd(14)} ${fmt(e.s * 1e3, 2).padStart(9)} ms  ${fmt((100 * e.s) / total, 1).padStart(5)}%${rate(e)}`);
+    log('  by step kind (op, output shape; count):');
+    for (const [k, e] of sum((st) => `${st.op} [${st.shape.join(',')}]`).slice(0, 14))
+      log(`  ${`${k} x${e.n}`.padEnd(36)} ${fmt(e.s * 1e3, 2).padStart(9)} ms  ${fmt((100 * e.s) / total, 1).padStart(5)}%${rate(e)}`);
     model.dispose();
   }
 }

@@ -69,6 +69,8 @@ export interface StepTime {
   op: OpName;
   /** shape of the step's first output */
   shape: number[];
+  /** multiply-accumulates of the step (matrix products, convolutions, attention; 0 for the others) */
+  macs: number;
   seconds: number;
 }
 
@@ -283,7 +285,7 @@ function build(trace: Trace, input: Tensor, outputs: Tensor[], backend: BackendN
   };
   const plan: NativePlan = new addon.Plan(spec);
   const macs = trace.steps.reduce((sum, s) => sum + stepMacs(s), 0);
-  const stepInfo = trace.steps.map((s) => ({ op: s.op, shape: [...(s.outs.find((o) => o)?.shape ?? [])] }));
+  const stepInfo = trace.steps.map((s) => ({ op: s.op, shape: [...(s.outs.find((o) => o)?.shape ?? [])], macs: stepMacs(s) }));
   const inputShape = [...input.shape];
   const rootShapes = outRoots.map((r) => [...r.shape]);
   const finalShapes = outputs.map((o) => [...o.shape]);

@@ -301,11 +301,14 @@ void layernorm_fwd(const OpArgs& a) {
     };
     using T = std::true_type;
     using F = std::false_type;
-    if (stream) run(T{}, T{}, T{});  // (streaming: only large outputs, of models with an affine)
-    else if (W && B) run(T{}, T{}, F{});
-    else if (W) run(T{}, F{}, F{});
-    else if (B) run(F{}, T{}, F{});
-    else run(F{}, F{}, F{});
+    auto run_stream = [&](auto has_w, auto has_b) {
+      if (stream) run(has_w, has_b, T{});
+      else run(has_w, has_b, F{});
+    };
+    if (W && B) run_stream(T{}, T{});
+    else if (W) run_stream(T{}, F{});
+    else if (B) run_stream(F{}, T{});
+    else run_stream(F{}, F{});
     return;
   }
   group_stats(g, X, a.attr[0], mean, rstd);

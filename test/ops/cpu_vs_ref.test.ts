@@ -233,8 +233,9 @@ function cases(): Case[] {
       if (o) out.push({ ...c, name: `${c.name} only output ${i}`, outs: c.outs.map((q, j) => (j === i ? q : null)) });
     });
   }
-  // Layer norm over channels with an output of 8 MiB or more (2^21 elements: streamed stores).
-  layernorm(1, 257, 128, 64, 'c', true, true);
+  // Layer norm over channels with an output of 8 MiB or more (2^21 elements: streamed stores), with
+  // each affine combination (the models' norms have a weight and no bias).
+  for (const [hasW, hasB] of [[true, true], [true, false], [false, false]] as const) layernorm(1, 257, 128, 64, 'c', hasW, hasB);
   // The own GEMM with A of 8 MiB or more (the next row block prefetched; 64-column outputs taken in
   // 'auto' too): a partial last row block and row tile, N = 64 and a column tail, bias, both
   // activations, accumulation.
