@@ -5,7 +5,9 @@
 export { Tensor, tidy, keep, leakedTensorCount, type Device } from './tensor.js';
 export type { DType } from './dtype.js';
 export { noGrad, isGradEnabled, setGradEnabled } from './autograd/node.js';
-export { setBackend, getBackend, withBackend, setNumThreads, getNumThreads, setGemmPolicy, type GemmPolicy } from './backend.js';
+export {
+  setBackend, getBackend, withBackend, setNumThreads, getNumThreads, setGemmPolicy, setOnednnWeightLayout, type GemmPolicy, type WeightLayout,
+} from './backend.js';
 export { resolveDevice, cudaInfo, cudaAvailable, cudaSynchronize, type DeviceOption } from './device.js';
 export * as ops from './ops.js';
 export { crossEntropy } from './ops.js';

@@ -73,6 +73,8 @@ export interface NativePlan {
 
 /** The cpu backend's float32 GEMM choice (see Addon.setGemmPolicy). */
 export type GemmPolicy = 'auto' | 'own' | 'onednn';
+/** How oneDNN reads float32 plan weights (see Addon.setOnednnWeightLayout). */
+export type WeightLayout = 'auto' | 'blocked' | 'plain';
 
 export interface Addon {
   NativeTensor: new (dtype: number, shape: number[], zeroFill?: boolean, device?: number) => NativeTensorHandle;
@@ -95,6 +97,12 @@ export interface Addon {
    * 'onednn'. Returns the previous policy. For tests and benchmarks.
    */
   setGemmPolicy(policy: GemmPolicy): GemmPolicy;
+  /**
+   * How oneDNN reads a float32 plan weight (native/cpu/gemm.h): 'blocked' (reordered once per weight
+   * version into the layout the product's kernel prefers, kept with the weight), 'plain' (as it is) or
+   * 'auto' (blocked on CPUs with AVX-512). Returns the previous setting.
+   */
+  setOnednnWeightLayout(layout: WeightLayout): WeightLayout;
   cudaInfo(): CudaInfo;
   /** Waits for queued CUDA work (reports asynchronous kernel errors); a no-op without CUDA. */
   cudaSynchronize(): void;

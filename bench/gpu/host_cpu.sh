@@ -28,16 +28,8 @@ grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision and GE
 [ $rc = 0 ] || grep -E -A3 '(×|FAIL|Error)' "$TMP/vitest.log" | head -60 >> "$OUTF"
 pin "$NODE" dist/bench/run.js models --models caformer_s18 --batches 1,16 --precisions float32,bf16 --no-torch --no-ort \
   --rounds 2 --iters 3 --threads "$THREADS" --no-write 2>&1 | grep -E '^(caformer|machine)' >> "$OUTF"
-# float32 with the own GEMM (AVX-512 tiles on CPUs that have them) for every product it can compute,
-# against 'auto' (oneDNN on AVX-512 CPUs), alternating; and where batch 1's time goes under each.
-for pol in auto own auto own; do
-  pin "$NODE" dist/bench/run.js models --models caformer_s18,convformer_s18 --batches 1,16 --precisions float32 --no-torch --no-ort \
-    --rounds 1 --iters 3 --threads "$THREADS" --no-write --gemm-policy $pol 2>&1 | grep -E '^(caformer|convformer)' | sed "s/^/gemm $pol: /" >> "$OUTF"
-done
-for pol in auto own; do
-  echo "gemm $pol:" >> "$OUTF"
-  pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch 1 --threads "$THREADS" --no-write --gemm-policy $pol 2>&1 | grep -v '^machine' | head -16 >> "$OUTF"
-done
+# where batch 1's time goes (per op and per step kind, with GFLOP/s)
+pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch 1 --threads "$THREADS" --no-write 2>&1 | grep -v '^machine' | head -24 >> "$OUTF"
 for b in 1 16; do
   pin "$NODE" bin/metaformer.js export-onnx "$TMP/caformer_s18_b$b.onnx" --model caformer_s18 --no-pretrained --batch "$b" \
     > /dev/null 2>> "$OUTF"

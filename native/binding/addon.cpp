@@ -1,5 +1,6 @@
 // addon.cpp: the N-API entry point. Per-environment state lives in AddonData (Napi::Addon instance
 // data), so the addon loads in worker_threads as well as on the main thread.
+#include <algorithm>
 #include <omp.h>
 
 #include "../core/memory.h"
@@ -128,22 +129,36 @@ static Napi::Value TrimCache(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// setGemmPolicy('auto' | 'own' | 'onednn'): which float32 GEMM the cpu backend runs (cpu/gemm.h);
-// returns the previous policy. For tests and benchmarks.
-static Napi::Value SetGemmPolicy(const Napi::CallbackInfo& info) {
+// fn(name): sets a process-wide choice among `names` (the enum's values in order); returns the
+// previous choice's name. For tests and benchmarks.
+template <typename E>
+static Napi::Value SetChoice(const Napi::CallbackInfo& info, const char* fn, const std::vector<std::string>& names,
+                             E (*get)(), void (*set)(E)) {
   Napi::Env env = info.Env();
-  static const char* const names[] = {"auto", "own", "onednn"};
   std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : std::string();
-  int p = -1;
-  for (int i = 0; i < 3; ++i)
-    if (name == names[i]) p = i;
-  if (p < 0) {
-    Napi::TypeError::New(env, "setGemmPolicy: expected 'auto', 'own' or 'onednn'").ThrowAsJavaScriptException();
+  auto it = std::find(names.begin(), names.end(), name);
+  if (it == names.end()) {
+    std::string expected;
+    for (size_t i = 0; i < names.size(); ++i)
+      expected += (i == 0 ? "'" : i + 1 == names.size() ? " or '" : ", '") + names[i] + "'";
+    Napi::TypeError::New(env, std::string(fn) + ": expected " + expected).ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  int old = static_cast<int>(cpu::gemm_policy());
-  cpu::set_gemm_policy(static_cast<cpu::GemmPolicy>(p));
-  return Napi::String::New(env, names[old]);
+  const std::string old = names[static_cast<size_t>(get())];
+  set(static_cast<E>(it - names.begin()));
+  return Napi::String::New(env, old);
+}
+
+// setGemmPolicy('auto' | 'own' | 'onednn'): which float32 GEMM the cpu backend runs (cpu/gemm.h).
+static Napi::Value SetGemmPolicy(const Napi::CallbackInfo& info) {
+  return SetChoice(info, "setGemmPolicy", {"auto", "own", "onednn"}, cpu::gemm_policy, cpu::set_gemm_policy);
+}
+
+// setOnednnWeightLayout('auto' | 'blocked' | 'plain'): whether oneDNN reads float32 plan weights in its
+// preferred layout (cpu/gemm.h).
+static Napi::Value SetOnednnWeightLayout(const Napi::CallbackInfo& info) {
+  return SetChoice(info, "setOnednnWeightLayout", {"auto", "blocked", "plain"}, cpu::onednn_weight_layout,
+                   cpu::set_onednn_weight_layout);
 }
 
 static Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
@@ -187,6 +202,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("trimCache", Napi::Function::New(env, TrimCache, "trimCache"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("setGemmPolicy", Napi::Function::New(env, SetGemmPolicy, "setGemmPolicy"));
+  exports.Set("setOnednnWeightLayout", Napi::Function::New(env, SetOnednnWeightLayout, "setOnednnWeightLayout"));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo, "cudaInfo"));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize, "cudaSynchronize"));
   return exports;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -25,10 +26,10 @@ namespace {
 
 // The cache key lists every field of GemmShape explicitly (no padding bytes in the comparison).
 struct Key {
-  std::array<int64_t, 24> v;
-  Key(const GemmShape& s, Precision p)
+  std::array<int64_t, 25> v;
+  Key(const GemmShape& s, Precision p, bool blocked)
       : v{s.batch[0], s.batch[1], s.M, s.N, s.K, s.a_b[0], s.a_b[1], s.a_m, s.a_k, s.b_b[0], s.b_b[1], s.b_k,
-          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, s.act, 0, 0, static_cast<int64_t>(p)} {
+          s.b_n, s.c_b[0], s.c_b[1], s.c_m, s.c_n, s.accumulate, s.bias, 0, s.act, 0, 0, static_cast<int64_t>(p), blocked} {
     v[19] = bits(s.alpha);
     v[21] = bits(s.act_s);
     v[22] = bits(s.act_b);
@@ -60,6 +61,10 @@ struct Dense {
 struct Entry {
   dnnl::matmul prim;
   dnnl::memory::desc a, b, c, bias;
+  // A plan weight in the layout oneDNN chose for this product (b): b_plain is its own layout, reordered
+  // into b once per weight version (blocked_weights()).
+  dnnl::memory::desc b_plain;
+  bool blocked = false;
   // bf16 mode: the layouts of the copies of A and B, and whether they hold bf16 values in float32
   // (no bf16 matmul on this CPU) rather than bf16.
   Dense da, db;
@@ -128,15 +133,21 @@ dnnl::matmul::primitive_desc make_pd(const GemmShape& s, const Entry& e, const d
   return dnnl::matmul::primitive_desc(d, attr, eng);
 }
 
-Entry& lookup(const GemmShape& s, Precision p) {
+// blocked: float32 with B (an unbatched plan weight) in the layout the primitive prefers.
+Entry& lookup(const GemmShape& s, Precision p, bool blocked = false) {
   State& st = state();
-  Key key(s, p);
+  Key key(s, p, blocked);
   auto it = st.cache.find(key);
   if (it != st.cache.end()) return it->second;
   Entry e;
   if (p == Precision::f32) {
     e.a = md(s, s.M, s.K, s.a_b, s.a_m, s.a_k);
     e.b = md(s, s.K, s.N, s.b_b, s.b_k, s.b_n);
+    if (blocked) {
+      e.b_plain = e.b;
+      e.b = dnnl::memory::desc({s.K, s.N}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
+      e.blocked = true;
+    }
   } else {
     e.da = dense_layout(s, s.M, s.K, s.a_b, s.a_m, s.a_k);
     e.db = dense_layout(s, s.K, s.N, s.b_b, s.b_k, s.b_n);
@@ -153,7 +164,9 @@ Entry& lookup(const GemmShape& s, Precision p) {
     e.bias = dnnl::memory::desc(d, dnnl::memory::data_type::f32, strides);
   }
   if (p == Precision::f32) {
-    e.prim = dnnl::matmul(make_pd(s, e, st.eng));
+    dnnl::matmul::primitive_desc pd = make_pd(s, e, st.eng);
+    if (e.blocked) e.b = pd.weights_desc();
+    e.prim = dnnl::matmul(pd);
   } else {
     // bf16 copies through oneDNN's bf16 matmul where this CPU has one, else rounded float32 copies.
     auto dense_md = [&](const Dense& d, int64_t r, int64_t c, dnnl::memory::data_type dt) {
@@ -237,7 +250,7 @@ struct WeightCopies : Derived {
   std::vector<Copy> copies;
 };
 
-enum CopyKind : int64_t { kBf16Copy = 1, kPackedPanels = 2 };
+enum CopyKind : int64_t { kBf16Copy = 1, kPackedPanels = 2, kOnednnBlocked = 3 };
 
 // The running plan's storage for weight B, if B is one and JS cannot be writing it (no live view()).
 Storage* plan_weight(const GemmShape& s, const float* B) {
@@ -304,7 +317,36 @@ const float* packed_weight(const GemmShape& s, const float* B) {
   return weight_copy(w, key, own_gemm_packed_floats(s), [&](float* dst) { own_gemm_pack(s, B, dst); });
 }
 
+// Plan weight B reordered into the layout e's primitive prefers (made now if the weight changed since).
+// The key holds the product's M (the layout oneDNN picks can depend on it) and a hash of the layout.
+const float* blocked_weight(Storage* w, const GemmShape& s, const float* B, const Entry& e) {
+  const dnnl_memory_desc_t& d = e.b.data;
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&d);
+  int64_t h = 1469598103934665603ll;
+  for (size_t i = 0; i < sizeof(d); ++i) h = (h ^ bytes[i]) * 1099511628211ll;
+  const std::array<int64_t, 7> key{kOnednnBlocked, s.M, s.K, s.N, s.b_k, s.b_n, h};
+  const size_t floats = (e.b.get_size() + sizeof(float) - 1) / sizeof(float);
+  State& st = state();
+  return weight_copy(w, key, floats, [&](float* dst) {
+    dnnl::memory src(e.b_plain, st.eng, const_cast<float*>(B)), out(e.b, st.eng, dst);
+    dnnl::reorder(src, out).execute(st.strm, src, out);
+    st.strm.wait();
+  });
+}
+
+std::atomic<int> g_layout{static_cast<int>(WeightLayout::automatic)};
+
+// Whether oneDNN reads plan weights in its preferred layout (see WeightLayout).
+bool blocked_weights() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  const auto l = static_cast<WeightLayout>(g_layout.load(std::memory_order_relaxed));
+  return l == WeightLayout::blocked || (l == WeightLayout::automatic && avx512);
+}
+
 }  // namespace
+
+void set_onednn_weight_layout(WeightLayout l) { g_layout.store(static_cast<int>(l), std::memory_order_relaxed); }
+WeightLayout onednn_weight_layout() { return static_cast<WeightLayout>(g_layout.load(std::memory_order_relaxed)); }
 
 void gemm(const GemmShape& s, const float* A, const float* B, float* C, const float* bias) {
   if (s.M == 0 || s.N == 0) return;
@@ -335,7 +377,8 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   try {
-    Entry& e = lookup(s, p);
+    Storage* weight = p == Precision::f32 && blocked_weights() ? plan_weight(s, B) : nullptr;
+    Entry& e = lookup(s, p, weight != nullptr);
     auto run = [&](const void* a, const void* b) {
       std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(e.a, st.eng, const_cast<void*>(a))},
                                                  {DNNL_ARG_WEIGHTS, dnnl::memory(e.b, st.eng, const_cast<void*>(b))},
@@ -346,7 +389,7 @@ void gemm(const GemmShape& s, const float* A, const float* B, float* C, const fl
       st.strm.wait();
     };
     if (p == Precision::f32) {
-      run(A, B);
+      run(A, e.blocked ? blocked_weight(weight, s, B, e) : B);
     } else {  // bf16: dense rounded copies of A and B (bf16 bits, or bf16 values in float32)
       Scratch a(copy_floats(e, e.da.size));
       copy_operand(e, s, s.M, s.K, A, s.a_b, s.a_m, s.a_k, e.da, a.get());

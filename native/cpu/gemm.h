@@ -61,6 +61,15 @@ enum class GemmPolicy { automatic = 0, own = 1, onednn = 2 };
 void set_gemm_policy(GemmPolicy p);
 GemmPolicy gemm_policy();
 
+// How oneDNN reads a float32 plan weight (process-wide): blocked (reordered once per weight version
+// into the layout the product's primitive prefers, kept with the weight like the own GEMM's panels),
+// plain (as it is; oneDNN then repacks it in every call), or automatic (blocked on CPUs with AVX-512,
+// where oneDNN runs every float32 product: 1.1-1.2x at batch 1, RESULTS.md log 32; plain elsewhere,
+// where it measured 0.7-1.04x, log 30).
+enum class WeightLayout { automatic = 0, blocked = 1, plain = 2 };
+void set_onednn_weight_layout(WeightLayout l);
+WeightLayout onednn_weight_layout();
+
 // Whether oneDNN runs bf16 matmuls natively on this CPU (else bf16 mode emulates the rounding).
 bool bf16_native();
 

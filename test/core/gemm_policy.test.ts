@@ -6,7 +6,7 @@
  * reference backend under each policy: test/ops/cpu_vs_ref.test.ts.)
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { setGemmPolicy, type GemmPolicy } from '../../lib/backend.js';
+import { setGemmPolicy, setOnednnWeightLayout, type GemmPolicy, type WeightLayout } from '../../lib/backend.js';
 import { createModel } from '../../lib/models/index.js';
 import { linear, starRelu } from '../../lib/ops.js';
 import { compilePlan } from '../../lib/plan.js';
@@ -15,6 +15,7 @@ import { randomTensor, relL2 } from '../helpers/tensors.js';
 
 afterEach(() => {
   setGemmPolicy('auto');
+  setOnednnWeightLayout('auto');
 });
 
 describe('setGemmPolicy', () => {
@@ -41,6 +42,36 @@ describe('setGemmPolicy', () => {
     // test/core/precision.test.ts show the own kernel running through the weight copies it keeps.)
     expect(relL2(own, onednn)).toBeLessThan(1e-6);
     for (const t of [x, w, b]) t.dispose();
+  });
+
+  it("gives the same predictions with oneDNN reading plan weights in its own layout, and checks the setting", async () => {
+    setGemmPolicy('onednn');
+    const previous = setOnednnWeightLayout('blocked');
+    try {
+      expect(setOnednnWeightLayout('blocked')).toBe('blocked');
+      expect(() => setOnednnWeightLayout('packed' as WeightLayout)).toThrow(/weight layout/);
+      const model = createModel({ family: 'caformer', dims: [16, 32, 48, 64], depths: [1, 1, 1, 1], numClasses: 10, imageSize: 64 });
+      model.eval();
+      const x = randomTensor([2, 3, 64, 64], 4);
+      const run = async (layout: WeightLayout) => {
+        setOnednnWeightLayout(layout);
+        model.clearPlans();
+        const out: Float64Array[] = [];
+        for (let i = 0; i < 2; ++i) {  // the first run reorders the weights, the second reads the copies
+          const y = await model.predict(x);
+          out.push(y.toFloat64Array());
+          y.dispose();
+        }
+        return out;
+      };
+      const [b0, b1] = await run('blocked'), [p0] = await run('plain');
+      expect(Array.from(b1!)).toEqual(Array.from(b0!));
+      expect(relL2(b0!, p0!)).toBeLessThan(1e-5);
+      x.dispose();
+      model.dispose();
+    } finally {
+      setOnednnWeightLayout(previous);
+    }
   });
 
   it('gives the same predictions with either kernel', async () => {

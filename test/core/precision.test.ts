@@ -10,7 +10,7 @@ import { f32ToBf16, bf16ToF32 } from '../../lib/io/halfs.js';
 import { memoryStats } from '../../lib/memory.js';
 import { createModel, type MetaFormer } from '../../lib/models/index.js';
 import { attentionCore, conv2d, crossEntropy, linear, randomMixing, starRelu } from '../../lib/ops.js';
-import { setGemmPolicy, type GemmPolicy } from '../../lib/backend.js';
+import { setGemmPolicy, setOnednnWeightLayout, type GemmPolicy, type WeightLayout } from '../../lib/backend.js';
 import { bf16Native, compilePlan, type Precision } from '../../lib/plan.js';
 import { Tensor, tidy } from '../../lib/tensor.js';
 import { AdamW } from '../../lib/train/optim.js';
@@ -141,15 +141,17 @@ describe('bf16 predict()', () => {
   });
 });
 
-// Plans keep copies of their weights: bf16 copies in bf16 mode, the own GEMM's packed panels in
-// float32 (made once, reused while the weight's version is unchanged and no view() of it is alive;
-// float32 runs with the own GEMM forced, so its panels are used on every CPU). Every way a weight can
+// Plans keep copies of their weights: bf16 copies in bf16 mode, the own GEMM's packed panels or
+// oneDNN's blocked layout in float32 (made once, reused while the weight's version is unchanged and no
+// view() of it is alive; float32 runs with the kernel and layout forced, so the copies are used on
+// every CPU). Every way a weight can
 // change must show in the next predict(): the result must equal a fresh model's (a fresh plan, no
 // copies) with the same weights, bit for bit.
 describe.each([
-  ['bf16', 'auto'],
-  ['float32', 'own'],
-] as const)('%s weight copies follow weight changes (GEMM policy %s)', (precision, gemmPolicy) => {
+  ['bf16', 'auto', 'auto'],
+  ['float32', 'own', 'auto'],
+  ['float32', 'onednn', 'blocked'],
+] as const)('%s weight copies follow weight changes (GEMM policy %s, oneDNN weight layout %s)', (precision, gemmPolicy, layout) => {
   const cfg = { family: 'caformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
   const x = randomTensor([1, 3, 64, 64], 21);
   const logitsOf = async (m: MetaFormer): Promise<number[]> => {
@@ -171,7 +173,7 @@ describe.each([
   it('after writes through a kept view, loadStateDict, an optimizer step and copyTo', async () => {
     const m = createModel(cfg, { precision });
     const opt = new AdamW(m, { lr: 1e-2 });
-    const policy = setGemmPolicy(gemmPolicy);
+    const policy = setGemmPolicy(gemmPolicy), previousLayout = setOnednnWeightLayout(layout);
     try {
       let prev = await logitsOf(m);
       expect(await logitsOf(m)).toEqual(prev);  // the copies made by the first call are reused
@@ -209,6 +211,7 @@ describe.each([
       await changed('AdamW step');
     } finally {
       setGemmPolicy(policy);
+      setOnednnWeightLayout(previousLayout);
       opt.dispose();
       m.dispose();
     }
@@ -216,16 +219,17 @@ describe.each([
 });
 
 describe('clearPlans() frees the weight copies', () => {
-  // Plans keep a copy of every GEMM weight: bf16 copies (2 or 4 bytes per weight) or the own GEMM's
-  // packed panels (4 bytes per weight, padded); oneDNN reads float32 weights as they are. clearPlans()
+  // Plans keep a copy of every GEMM weight: bf16 copies (2 or 4 bytes per weight), the own GEMM's
+  // packed panels (4 bytes per weight, padded) or oneDNN's blocked layout of them ('blocked'; with
+  // 'plain' oneDNN reads float32 weights as they are). clearPlans()
   // frees the copies with the arenas. (Measured synchronously around clearPlans(): finalizers of other
   // tests' tensors run only when the event loop turns.)
   it('frees the bf16 copies and the packed float32 panels with the plans', async () => {
     const cfg = { family: 'convformer' as const, depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 };
     const x = randomTensor([1, 3, 64, 64], 31);
-    const drop = async (precision: Precision, policy: GemmPolicy): Promise<number> => {
+    const drop = async (precision: Precision, policy: GemmPolicy, layout: WeightLayout = 'plain'): Promise<number> => {
       const m = createModel(cfg, { precision });
-      const previous = setGemmPolicy(policy);
+      const previous = setGemmPolicy(policy), previousLayout = setOnednnWeightLayout(layout);
       try {
         (await m.predict(x)).dispose();
         const before = memoryStats().live;
@@ -233,6 +237,7 @@ describe('clearPlans() frees the weight copies', () => {
         return before - memoryStats().live;
       } finally {
         setGemmPolicy(previous);
+        setOnednnWeightLayout(previousLayout);
         m.dispose();
       }
     };
@@ -240,10 +245,12 @@ describe('clearPlans() frees the weight copies', () => {
     let gemmWeightBytes = 0;  // every 2-D weight feeds a GEMM (1x1 convs, MLP, head)
     for (const [, p] of m.namedParameters()) if (p.ndim === 2) gemmWeightBytes += 4 * p.numel;
     m.dispose();
-    // The plans' arenas go in every case; the copies only with bf16 and with the own GEMM.
+    // The plans' arenas go in every case; the copies only with bf16, with the own GEMM, and with oneDNN
+    // reading its own layout of the weights.
     const arenaOnly = await drop('float32', 'onednn');
     expect(await drop('bf16', 'auto') - arenaOnly).toBeGreaterThanOrEqual(gemmWeightBytes / 2);
     expect(await drop('float32', 'own') - arenaOnly).toBeGreaterThanOrEqual(gemmWeightBytes);
+    expect(await drop('float32', 'onednn', 'blocked') - arenaOnly).toBeGreaterThanOrEqual(gemmWeightBytes);
     x.dispose();
   });
 });
