@@ -318,13 +318,14 @@ const float* packed_weight(const GemmShape& s, const float* B) {
 }
 
 // Plan weight B reordered into the layout e's primitive prefers (made now if the weight changed since).
-// The key holds the product's M (the layout oneDNN picks can depend on it) and a hash of the layout.
+// The key holds a hash of that layout, not the product's M: plans of several batch sizes share one copy
+// where oneDNN picks the same layout for them.
 const float* blocked_weight(Storage* w, const GemmShape& s, const float* B, const Entry& e) {
   const dnnl_memory_desc_t& d = e.b.data;
   const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&d);
   int64_t h = 1469598103934665603ll;
   for (size_t i = 0; i < sizeof(d); ++i) h = (h ^ bytes[i]) * 1099511628211ll;
-  const std::array<int64_t, 7> key{kOnednnBlocked, s.M, s.K, s.N, s.b_k, s.b_n, h};
+  const std::array<int64_t, 7> key{kOnednnBlocked, s.K, s.N, s.b_k, s.b_n, h, 0};
   const size_t floats = (e.b.get_size() + sizeof(float) - 1) / sizeof(float);
   State& st = state();
   return weight_copy(w, key, floats, [&](float* dst) {
