@@ -303,8 +303,9 @@ describe('metaformer export-onnx and bench', () => {
     const r = cli('bench', 'profile', '--model', 'poolformerv2_s12', '--no-write');
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/profile poolformerv2_s12 batch 1 float32: [\d.]+ ms in \d+ steps/);
-    expect(r.stdout).toMatch(/fused_linear|linear/);
-    expect(r.stdout).toMatch(/slowest steps:/);
+    expect(r.stdout).toMatch(/^ {2}fused_linear +[\d.]+ ms +[\d.]+% +[\d.]+ GFLOP\/s$/m);  // per op, with its rate
+    expect(r.stdout).toMatch(/by step kind/);
+    expect(r.stdout).toMatch(/^ {2}fused_linear \[1,56,56,\d+\] x\d+ +[\d.]+ ms/m);  // per (op, output shape)
     const b = cli('bench', 'profile', '--model', 'identityformer_s12', '--precision', 'bf16', '--no-write');
     expect(b.code, b.stderr).toBe(0);
     expect(b.stdout).toMatch(/profile identityformer_s12 batch 1 bf16: [\d.]+ ms in \d+ steps/);
