@@ -194,8 +194,20 @@ Entry& lookup(const GemmShape& s, Precision p, bool blocked = false) {
   return st.cache.emplace(key, std::move(e)).first->second;
 }
 
+// f32_to_bf16 on 8 floats (their bits u): lane i holds the bf16 bits of float i in its low 16 bits.
+// Round to nearest even; NaNs stay NaN (quiet), as in core/numeric.h.
+inline __m256i bf16_bits8(__m256i u) {
+  const __m256i abs = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  const __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  return _mm256_blendv_epi8(rounded, quiet, nan);
+}
+
 // Copies operand src [batch0][batch1][rows][cols] (strides bs, rs, cs) into the layout d, rounded to
-// bf16: as bf16 bits (Out = uint16_t) or as the rounded values in float32 (Out = float).
+// bf16: as bf16 bits (Out = uint16_t) or as the rounded values in float32 (Out = float). Contiguous
+// source runs (every activation operand) convert 8 at a time.
 template <typename Out>
 void copy_bf16(const GemmShape& s, int64_t rows, int64_t cols, const float* src, const int64_t* bs, int64_t rs,
                int64_t cs, const Dense& d, Out* dst) {
@@ -208,7 +220,20 @@ void copy_bf16(const GemmShape& s, int64_t rows, int64_t cols, const float* src,
       int64_t o = t % outer, i1 = (t / outer) % n1, i0 = t / (outer * n1);
       const float* in = src + i0 * bs[0] + i1 * bs[1] + o * s_out;
       Out* out = dst + i0 * d.b[0] + i1 * d.b[1] + o * inner;
-      for (int64_t i = 0; i < inner; ++i) {
+      int64_t i = 0;
+      if (s_in == 1) {
+        for (; i + 8 <= inner; i += 8) {
+          const __m256i h = bf16_bits8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
+          if constexpr (sizeof(Out) == 2) {
+            // 32-bit lanes -> 16-bit (packus works per 128-bit half; qwords 0 and 2 hold the 8 results)
+            const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_castsi256_si128(packed));
+          } else {
+            _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
+          }
+        }
+      }
+      for (; i < inner; ++i) {
         uint16_t h = f32_to_bf16(in[i * s_in]);
         if constexpr (sizeof(Out) == 2) out[i] = h;
         else out[i] = bf16_to_f32(h);

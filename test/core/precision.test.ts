@@ -106,6 +106,36 @@ describe('precision options', () => {
   });
 });
 
+describe('bf16 GEMM operands', () => {
+  // Through an identity weight every output is one operand value rounded to bf16 (times 1, plus zeros):
+  // the conversion must round exactly as core/numeric.h does (to nearest, ties to even), in the
+  // 8-wide conversion and in the tail of each row (K = 27: three vectors and three more). Finite values
+  // only: an infinity or NaN anywhere in a row makes every output of the row NaN (inf * 0).
+  it('rounds to nearest, ties to even, exactly, for ties, subnormals, huge and negative values', () => {
+    const K = 27, M = 11;
+    const bits = new Uint32Array([0x3f808000, 0x3f818000, 0xbf808000, 0xbf818000, 0x3f80ffff, 0x3f807fff, 0x00000001,
+      0x807fffff, 0x00408000, 0x7f7f7fff, 0xff7f7fff, 0x7f000000, 0x3eaaaaab, 0x00018000, 0x80008000]);
+    const special = new Float32Array(bits.buffer);
+    const data = new Float32Array(M * K);
+    for (let i = 0; i < data.length; ++i) data[i] = i % 3 === 0 ? special[(i / 3) % special.length]! : Math.sin(i * 1.7) * 10 ** ((i % 7) - 3);
+    const x = Tensor.from(data, [M, K]);
+    const eye = new Float32Array(K * K);
+    for (let k = 0; k < K; ++k) eye[k * K + k] = 1;
+    const w = Tensor.from(eye, [K, K]);
+    const plan = compilePlan((t) => linear(t, w, null), [M, K], 'cpu', { precision: 'bf16' });
+    try {
+      const [y] = plan.runSync(x);
+      const want = bf16ToF32(f32ToBf16(data));
+      expect(Array.from(y!.toFloat32Array()).map((v) => v + 0)).toEqual(Array.from(want).map((v) => v + 0));
+      y!.dispose();
+    } finally {
+      plan.dispose();
+      x.dispose();
+      w.dispose();
+    }
+  });
+});
+
 describe('bf16 predict()', () => {
   it('keeps a plan per precision and takes no system memory in steady state', async () => {
     const m = createModel({ family: 'caformer', depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], numClasses: 5, imageSize: 64 }, { precision: 'bf16' });
