@@ -28,8 +28,10 @@ grep -E '^ +(Tests|Test Files) ' "$TMP/vitest.log" | sed 's/^ */precision and GE
 [ $rc = 0 ] || grep -E -A3 '(×|FAIL|Error)' "$TMP/vitest.log" | head -60 >> "$OUTF"
 pin "$NODE" dist/bench/run.js models --models caformer_s18 --batches 1,16 --precisions float32,bf16 --no-torch --no-ort \
   --rounds 2 --iters 3 --threads "$THREADS" --no-write 2>&1 | grep -E '^(caformer|machine)' >> "$OUTF"
-# where batch 1's time goes (per op and per step kind, with GFLOP/s)
-pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch 1 --threads "$THREADS" --no-write 2>&1 | grep -v '^machine' | head -24 >> "$OUTF"
+# where the time goes at batch 1 and 16 (per op and per step kind, with GFLOP/s)
+for b in 1 16; do
+  pin "$NODE" dist/bench/run.js profile --model caformer_s18 --batch $b --threads "$THREADS" --no-write 2>&1 | grep -v '^machine' | head -24 >> "$OUTF"
+done
 for b in 1 16; do
   pin "$NODE" bin/metaformer.js export-onnx "$TMP/caformer_s18_b$b.onnx" --model caformer_s18 --no-pretrained --batch "$b" \
     > /dev/null 2>> "$OUTF"
