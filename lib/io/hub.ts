@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createModel } from '../models/index.js';
+import { withoutInit } from '../nn/init.js';
 import { MetaFormer, resolveConfig, type CustomModelConfig, type ModelOptions } from '../models/metaformer.js';
 import { getModelConfig, type ModelConfig } from '../models/zoo.js';
 import { expectation } from '../tensor.js';
@@ -485,9 +486,12 @@ export async function createPretrained(nameOrConfig: string | CustomModelConfig 
     throw new RangeError(expectation('a registry model with pretrained weights, or the weights option', 'model', nameOrConfig));
   }
   const local = isUrl(source) ? await fetchWeights(source, opts) : source;
-  const model = createModel(config, { dropPathRate: opts.dropPathRate, headDropout: opts.headDropout });
+  // A strict load sets every parameter (or fails): the model is built without drawing random values.
+  const strict = opts.strict ?? true;
+  const build = () => createModel(config, { dropPathRate: opts.dropPathRate, headDropout: opts.headDropout });
+  const model = strict ? withoutInit(build) : build();
   try {
-    await loadWeights(model, local, { strict: opts.strict ?? true });
+    await loadWeights(model, local, { strict });
     if (opts.numClasses !== undefined && opts.numClasses !== model.numClasses) model.resetClassifier(opts.numClasses, opts.headDropout ?? 0);
     if (opts.device !== undefined && opts.device !== 'cpu') model.to(opts.device);  // after loading: host reads, one copy
   } catch (e) {

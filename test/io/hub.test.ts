@@ -302,7 +302,12 @@ describe('pretrained models', () => {
     model.dispose();
     const ft = await createPretrained(TINY, { weights, cacheDir, offline: true, numClasses: 3 });
     expect(ft.numClasses).toBe(3);
-    expect(ft.stateDict().get('head.fc2.weight')!.shape).toEqual([3, 256]);
+    const head = ft.stateDict().get('head.fc2.weight')!;
+    expect(head.shape).toEqual([3, 256]);
+    // the model is built without random draws (the load overwrites them); the replaced head is drawn
+    const drawn = head.toFloat32Array();
+    expect(drawn.some((v) => v !== 0)).toBe(true);
+    expect(Math.max(...drawn.map(Math.abs))).toBeLessThan(0.1);  // trunc_normal(std .02)
     ft.dispose();
   });
 
