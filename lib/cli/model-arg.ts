@@ -6,6 +6,7 @@
  */
 import { loadWeights, readCheckpointConfig, readCheckpointLabels } from '../io/checkpoint.js';
 import { createModel } from '../models/index.js';
+import { withoutInit } from '../nn/init.js';
 import { resolveConfig, type CustomModelConfig, type MetaFormer } from '../models/metaformer.js';
 import { stringOption, type OptionValues } from './command.js';
 
@@ -18,7 +19,8 @@ export interface LoadedModel {
 async function fromCheckpoint(file: string): Promise<LoadedModel | null> {
   const config = await readCheckpointConfig(file);
   if (!config) return null;
-  const model = createModel(resolveConfig(config as unknown as CustomModelConfig));
+  // (the strict load below sets every parameter: no random initialisation first)
+  const model = withoutInit(() => createModel(resolveConfig(config as unknown as CustomModelConfig)));
   try {
     await loadWeights(model, file);
     const labels = await readCheckpointLabels(file);
