@@ -70,15 +70,31 @@ __attribute__((always_inline)) inline void rows8_normalize(const float* x, float
   _mm256_store_ps(m8, mu);
   _mm256_store_ps(r8, rs);
   const int64_t full = C / 8 * 8;
-  for (int64_t c = 0; c < full; c += 8) {
-    const __m256 wv = HasW ? _mm256_loadu_ps(w + c) : _mm256_setzero_ps(), bv = HasB ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps();
+  auto norm = [&](int q, int64_t c, __m256 wv, __m256 bv) {
+    __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + q * C + c), _mm256_set1_ps(m8[q])), _mm256_set1_ps(r8[q]));
+    if constexpr (HasW) v = _mm256_mul_ps(v, wv);
+    if constexpr (HasB) v = _mm256_add_ps(v, bv);
+    return v;
+  };
+  auto wb = [&](int64_t c, __m256& wv, __m256& bv) {
+    wv = HasW ? _mm256_loadu_ps(w + c) : _mm256_setzero_ps();
+    bv = HasB ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps();
+  };
+  if constexpr (Stream) {
+    // Row by row: each output row's lines are completed in turn (streaming stores interleaved over
+    // 8 rows left partial write-combining lines: 1.5x slower at batch 32).
+    for (int q = 0; q < 8; ++q)
+      for (int64_t c = 0; c < full; c += 8) {
+        __m256 wv, bv;
+        wb(c, wv, bv);
+        _mm256_stream_ps(y + q * C + c, norm(q, c, wv, bv));
+      }
+  } else {
+    for (int64_t c = 0; c < full; c += 8) {
+      __m256 wv, bv;
+      wb(c, wv, bv);
 #pragma GCC unroll 8
-    for (int q = 0; q < 8; ++q) {
-      __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + q * C + c), _mm256_set1_ps(m8[q])), _mm256_set1_ps(r8[q]));
-      if constexpr (HasW) v = _mm256_mul_ps(v, wv);
-      if constexpr (HasB) v = _mm256_add_ps(v, bv);
-      if constexpr (Stream) _mm256_stream_ps(y + q * C + c, v);
-      else _mm256_storeu_ps(y + q * C + c, v);
+      for (int q = 0; q < 8; ++q) _mm256_storeu_ps(y + q * C + c, norm(q, c, wv, bv));
     }
   }
   if (full < C)
