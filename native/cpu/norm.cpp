@@ -82,7 +82,7 @@ __attribute__((always_inline)) inline void rows8_normalize(const float* x, float
   };
   if constexpr (Stream) {
     // Row by row: each output row's lines are completed in turn (streaming stores interleaved over
-    // 8 rows left partial write-combining lines: 1.5x slower at batch 32).
+    // 8 rows left partial write-combining lines: 1.9-3.3x slower at batch 32, RESULTS.md log 35).
     for (int q = 0; q < 8; ++q)
       for (int64_t c = 0; c < full; c += 8) {
         __m256 wv, bv;
