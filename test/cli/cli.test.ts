@@ -306,7 +306,10 @@ describe('metaformer export-onnx and bench', () => {
     expect(r.stdout).toMatch(/^ {2}fused_linear +[\d.]+ ms +[\d.]+% +[\d.]+ GFLOP\/s$/m);  // per op, with its rate
     expect(r.stdout).toMatch(/by step kind/);
     expect(r.stdout).toMatch(/^ {2}fused_linear \[1,56,56,\d+\] x\d+ +[\d.]+ ms/m);  // per (op, output shape)
-    const b = cli('bench', 'profile', '--model', 'identityformer_s12', '--precision', 'bf16', '--no-write');
+    const bad0 = cli('bench', 'profile', '--model', 'identityformer_s12', '--gemm-policy', 'fastest', '--no-write');
+    expect(bad0.code).not.toBe(0);
+    expect(bad0.stderr).toMatch(/GEMM policy/);
+    const b = cli('bench', 'profile', '--model', 'identityformer_s12', '--precision', 'bf16', '--gemm-policy', 'onednn', '--no-write');
     expect(b.code, b.stderr).toBe(0);
     expect(b.stdout).toMatch(/profile identityformer_s12 batch 1 bf16: [\d.]+ ms in \d+ steps/);
     const bad = cli('bench', 'profile', '--precision', 'fp16', '--no-write');
