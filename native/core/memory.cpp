@@ -144,7 +144,7 @@ static const DeviceHooks& require_hooks(int32_t device) {
 
 Storage* storage_new(size_t bytes, int32_t device) {
   void* p = device == kHostDevice ? host_alloc(bytes) : require_hooks(device).alloc(bytes);
-  Storage* s = new (std::nothrow) Storage{p, bytes, {1}, device};
+  Storage* s = new (std::nothrow) Storage{p, bytes, {1}, device, {0}, {0}, nullptr};
   if (!s) {
     if (device == kHostDevice) host_free(p, bytes);
     else require_hooks(device).release(p, bytes);
