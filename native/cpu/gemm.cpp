@@ -364,9 +364,8 @@ std::atomic<int> g_layout{static_cast<int>(WeightLayout::automatic)};
 
 // Whether oneDNN reads plan weights in its preferred layout (see WeightLayout).
 bool blocked_weights() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
   const auto l = static_cast<WeightLayout>(g_layout.load(std::memory_order_relaxed));
-  return l == WeightLayout::blocked || (l == WeightLayout::automatic && avx512);
+  return l == WeightLayout::blocked || (l == WeightLayout::automatic && has_avx512());
 }
 
 }  // namespace

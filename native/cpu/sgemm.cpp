@@ -327,8 +327,7 @@ bool own_gemm_applies(const GemmShape& s, bool packed_b) {
     return false;
   if (policy == GemmPolicy::own) return true;
   // On CPUs with AVX-512, oneDNN stays (the AVX-512 tiles measured at par with it, log 31).
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return false;
+  if (has_avx512()) return false;
   if (packed_b) {
     if (s.M < kMinPackedRows || s.N < kMinPackedCols) return false;
   } else {
@@ -370,7 +369,7 @@ void own_gemm(const GemmShape& s, const float* A, const float* B, float* C, cons
   const float* Bp = prepacked ? prepacked : packed.get();
   // AVX-512: 12-row tiles over two panels (zmm stores streamed only to 64-byte aligned rows); AVX2:
   // 6-row tiles over one.
-  static const bool use512 = __builtin_cpu_supports("avx512f");
+  const bool use512 = has_avx512();
   const int64_t tr = use512 ? 12 : 6, pw = use512 ? 2 : 1;
   const int64_t align = use512 ? 64 : 32;
   const bool aligned = (reinterpret_cast<uintptr_t>(C) % align == 0) && (s.c_m % (align / 4) == 0);
